@@ -1,0 +1,1 @@
+"""One module per `fin3r` subcommand (see fin3r.cli)."""
