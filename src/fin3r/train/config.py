@@ -1,0 +1,130 @@
+"""The typed configuration of ``fin3r train`` (YAML + ``key=value`` overrides, see ``fin3r.config``).
+
+Every field has a default that runs the synthetic-world recipe on the CPU; ``configs/*.yaml`` hold
+the real-checkpoint recipes. Defaults follow ``shared/research/training.md`` §C.7 unless stated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to adapt.
+
+    ``name`` is a registry name (``dust3r_512_dpt``, ``dust3r_tiny``, ...), an official checkpoint
+    file / HF folder, or a fin3r ``.safetensors`` model file. ``checkpoint``: the official weights
+    for a registry name. A registry name without a checkpoint builds a randomly initialised model
+    (only useful for smoke tests; a warning says so).
+    """
+
+    name: str = "dust3r_tiny"
+    checkpoint: str | None = None
+
+
+@dataclass
+class LoraConfig:
+    """The adapter. Default: the released Fin3R layout -- rank 8, alpha 8 on the encoder's ``qkv``
+    layers, per-token ``output`` re-normalisation (loads and exports like the released
+    ``*_lora.pth``). ``mode: weight_row`` (the paper's formula, row-wise) merges into the weights at
+    export (zero overhead, official checkpoint format); ``mode: null`` is plain LoRA."""
+
+    targets: list[str] = field(default_factory=lambda: ["qkv"])
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    mode: str | None = "output"
+
+
+@dataclass
+class DistillConfig:
+    """Monocular distillation (``fin3r.losses.distillation_loss``)."""
+
+    weight: float = 1.0
+    lam: float = 0.2
+    rho: Literal["sq", "abs"] = "sq"
+    align: Literal["auto", "scale", "affine"] = "auto"
+    min_valid: int = 100
+    far_quantile: float | None = 0.98
+    both_heads: bool = True  # DUSt3R/MASt3R: supervise the second head of the (I, I) pair too
+
+
+@dataclass
+class ReplayConfig:
+    """Multi-view replay (``fin3r.losses.replay_loss``), the model family's own criterion."""
+
+    weight: float = 1.0
+    alpha: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    """Training data: a mixture of monocular (teacher-labelled) and multi-view replay batches.
+
+    ``mono``: ``"world"`` (the synthetic world; its exact depth is the oracle teacher's label) or
+    ``"labels"`` (images + a label cache written by ``fin3r label``: ``images_root``,
+    ``labels_root``). ``replay``: ``"world"`` or ``"none"``. ``*_per_epoch``: samples drawn from
+    each source per epoch (the paper: 20k SA-1B mono + 2k Hypersim/TartanAir replay).
+    """
+
+    mono: Literal["world", "labels"] = "world"
+    replay: Literal["world", "none"] = "world"
+    images_root: str | None = None
+    labels_root: str | None = None
+    height: int = 32
+    width: int = 48
+    num_views: int = 2
+    world_mono_scenes: int = 256
+    world_replay_scenes: int = 128
+    mono_per_epoch: int = 64
+    replay_per_epoch: int = 16
+    batch_size: int = 8
+    num_workers: int = 0
+    heldout_images: int = 8  # fixed held-out images for the per-epoch feature-norm signal
+
+
+@dataclass
+class OptimConfig:
+    """AdamW on the LoRA parameters only; linear warm-up then half-cycle cosine to ``min_lr``."""
+
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 1.0
+    epochs: int = 10
+    grad_clip: float = 1.0  # 0 disables
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """``fin3r train`` configuration.
+
+    ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, else fp16 with a grad
+    scaler, fp32 on the CPU. ``ckpt_every``: write the resumable checkpoint every N optimizer steps
+    (and at every epoch end). ``max_nonfinite``: abort after this many non-finite losses in a
+    row (each one is skipped and counted). ``max_steps``: stop early (0 = run all epochs).
+    """
+
+    out_dir: str = "runs/fin3r"
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ckpt_every: int = 200
+    log_every: int = 10
+    max_nonfinite: int = 20
+    max_steps: int = 0
+    progress: bool = True
+    tensorboard: bool = True
+
+
+__all__ = ["DataConfig", "DistillConfig", "LoraConfig", "ModelConfig", "OptimConfig", "ReplayConfig", "TrainConfig"]
