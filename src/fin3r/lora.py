@@ -467,6 +467,11 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_name: str = "",
         values = {json.dumps(c[key]) for c in configs.values()}
         return next(iter(configs.values()))[key] if len(values) == 1 else None
 
+    reserved = {"format_version", "fin3r_version", "targets", "rank", "alpha", "mode", "dropout",
+                "modules", "base_name", "base_hash", "base_hashes"}  # fmt: skip
+    clash = sorted(reserved & set(meta))
+    if clash:
+        raise LoRAError(f"save_adapter: metadata key '{clash[0]}' is reserved for the header")
     header = {
         "format_version": FORMAT_VERSION,
         "fin3r_version": __version__,
