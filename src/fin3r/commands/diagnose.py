@@ -6,14 +6,55 @@ import argparse
 
 HELP = "encoder feature-norm statistics, base vs adapted model"
 DESCRIPTION = """The paper's drift signal: mean norm of the encoder tokens the frozen decoder consumes,
-for the base and the adapted model, with a histogram PNG and a JSON."""
+for the base and the adapted model, with a histogram PNG and a JSON.
+
+Measured after the encoder's final norm (what the decoder sees) and before it (the residual
+stream). Writes OUT/feature_norms.json and OUT/feature_norms_{post,pre}.png (matplotlib when
+installed, else drawn with PIL).
+
+example:
+  fin3r diagnose --model dust3r_512_dpt --checkpoint DUSt3R_512_dpt.pth \\
+      --adapter runs/dust3r/adapter.safetensors --images eval_images/ --size 384x512 --out diag/"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--model", required=True, help="base model: registry name or model file")
+    parser.add_argument("--checkpoint", default=None, help="official weights for a registry-name --model")
+    parser.add_argument("--adapter", default=None, help="adapter to compare against the base")
+    parser.add_argument("--images", required=True, help="folder of images")
+    parser.add_argument("--size", default=None, metavar="HxW",
+                        help="resize+crop images to HxW (multiples of the patch size; default 224x224)")
+    parser.add_argument("--limit", type=int, default=64, help="at most this many images (sorted by name)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", default="diagnose", help="output folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fin3r.errors import Fin3rError
+    import copy
 
-    raise Fin3rError("`fin3r diagnose` is not implemented yet")
+    from fin3r.diagnose import diagnose, load_images
+    from fin3r.errors import InputError
+    from fin3r.lora import load_adapter
+    from fin3r.models.registry import load_model
+
+    h, w = 224, 224
+    if args.size:
+        try:
+            h, w = (int(x) for x in args.size.lower().split("x"))
+        except ValueError:
+            raise InputError(f"--size must look like 384x512 (HxW), got {args.size!r}") from None
+    base = load_model(args.model, args.checkpoint)
+    images = load_images(args.images, h, w, args.limit)
+    adapted = None
+    if args.adapter:
+        adapted = copy.deepcopy(base)
+        load_adapter(adapted, args.adapter)
+    report = diagnose(base, images, args.out, adapted=adapted, batch_size=args.batch_size)
+    for name in ("base", "adapted"):
+        if name in report:
+            parts = ", ".join(f"{place} {s['mean']:.4f} (std {s['std']:.4f})" for place, s in report[name].items())
+            print(f"{name:8s} mean token norm: {parts}")
+    if "relative_change" in report:
+        print("relative change: " + ", ".join(f"{k} {v:+.2%}" for k, v in report["relative_change"].items()))
+    print(f"wrote {args.out}/feature_norms.json and histogram PNGs ({report['plot_backend']})")
+    return 0

@@ -6,14 +6,53 @@ import argparse
 
 HELP = "fine-tune a model's encoder with Fin3R (LoRA, distillation + replay)"
 DESCRIPTION = """Fin3R training: LoRA on the image encoder only, decoder and heads frozen; monocular
-distillation from cached teacher labels mixed with multi-view replay. Config: YAML + key=value overrides."""
+distillation from cached teacher labels mixed with multi-view replay. Config: YAML + key=value overrides.
+
+examples:
+  fin3r train configs/world_tiny.yaml
+  fin3r train configs/dust3r.yaml model.checkpoint=ckpts/DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth \\
+      data.images_root=sa1b/images data.labels_root=sa1b/moge_labels out_dir=runs/dust3r
+  fin3r train configs/dust3r.yaml --resume            # continue runs/.../checkpoints/last.pt
+  torchrun --nproc_per_node 4 -m fin3r.cli train configs/vggt.yaml   # DDP (NCCL on GPUs, gloo on CPU)
+  fin3r train --print-config                          # every key with its default
+
+Writes OUT_DIR/config.yaml, metrics.jsonl, metrics_{step,epoch}.csv (+ TensorBoard when installed),
+checkpoints/last.pt (resumable), adapter_epochNNN.safetensors and adapter.safetensors.
+Keys: see src/fin3r/train/config.py or docs/training.md."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("config", nargs="?", default=None, help="YAML config (defaults: the synthetic-world recipe)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. optim.lr=1e-4 lora.targets=[qkv,proj] out_dir=runs/x")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                        help="continue from OUT_DIR/checkpoints/last.pt (or the given checkpoint)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fin3r.errors import Fin3rError
+    import yaml
 
-    raise Fin3rError("`fin3r train` is not implemented yet")
+    from fin3r.config import load_config, to_dict
+    from fin3r.train import TrainConfig, train
+
+    overrides = list(args.overrides)
+    config_path = args.config
+    if config_path is not None and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
+        overrides.insert(0, config_path)  # `fin3r train key=value ...` without a file
+        config_path = None
+    config = load_config(TrainConfig, config_path, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    result = train(config, resume=args.resume)
+    if result.adapter_path is not None:
+        last = result.history[-1] if result.history else {}
+        norms = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("feat_norm"))
+        base = ", ".join(f"{k} {v:.4f}" for k, v in result.base_feature_norm.items())
+        print(f"trained {result.steps} steps ({result.epochs} epochs, {result.skipped_steps} skipped), "
+              f"{result.trainable_params} trainable parameters")
+        if norms:
+            print(f"encoder feature norm: base {base} -> adapted {norms}")
+        print(f"adapter: {result.adapter_path}")
+    return 0
