@@ -1,0 +1,200 @@
+"""Model names -> architectures, and the fin3r model file format.
+
+- :data:`MODEL_CONFIGS`: registry name -> config dict (``family`` + constructor kwargs).
+- :func:`build_model` (random init), :func:`load_model` (a registry name, a fin3r ``.safetensors``
+  file, an official ``.pth`` file or a Hugging Face folder), :func:`save_model`.
+- The fin3r format is one safetensors file holding our state_dict, with the metadata
+  ``{"format": "fin3r", "config": <JSON of model.config_dict()>}``.
+
+Other model families register by adding to :data:`FAMILIES` (``"module:Class"`` strings, imported
+lazily) and :data:`MODEL_CONFIGS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fin3r.errors import CheckpointError
+from fin3r.models.base import Reconstructor
+
+#: family name -> "module:Class"
+FAMILIES: dict[str, str] = {
+    "dust3r": "fin3r.models.dust3r:Dust3r",
+    "mast3r": "fin3r.models.mast3r:Mast3r",
+}
+
+inf = math.inf
+_CROCO_LARGE = dict(enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12,
+                    dec_num_heads=12, depth_mode=["exp", -inf, inf], conf_mode=["exp", 1, inf], pos_embed="RoPE100")
+
+#: registry name -> {"family": ..., **constructor kwargs}
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "dust3r_224_linear": dict(family="dust3r", head_type="linear", output_mode="pts3d", img_size=[224, 224],
+                              **_CROCO_LARGE),
+    "dust3r_512_linear": dict(family="dust3r", head_type="linear", output_mode="pts3d", img_size=[512, 512],
+                              **_CROCO_LARGE),
+    "dust3r_512_dpt": dict(family="dust3r", head_type="dpt", output_mode="pts3d", img_size=[512, 512],
+                           **_CROCO_LARGE),
+    "mast3r_512_catmlpdpt_metric": dict(family="mast3r", head_type="catmlp+dpt", output_mode="pts3d+desc24",
+                                        img_size=[512, 512], two_confs=True, desc_conf_mode=["exp", 0, inf],
+                                        **_CROCO_LARGE),
+    # tiny random configs for tests (a few hundred k parameters; decoder depth 10 for the DPT head)
+    "dust3r_tiny": dict(family="dust3r", head_type="dpt", output_mode="pts3d", img_size=[64, 64],
+                        enc_embed_dim=64, enc_depth=3, enc_num_heads=2, dec_embed_dim=32, dec_depth=10,
+                        dec_num_heads=2, dpt_layer_dims=[16, 16, 32, 32], dpt_feature_dim=16, dpt_last_dim=16),
+    "dust3r_tiny_linear": dict(family="dust3r", head_type="linear", output_mode="pts3d", img_size=[64, 64],
+                               enc_embed_dim=64, enc_depth=3, enc_num_heads=2, dec_embed_dim=32, dec_depth=4,
+                               dec_num_heads=2),
+    "mast3r_tiny": dict(family="mast3r", head_type="catmlp+dpt", output_mode="pts3d+desc8", img_size=[64, 64],
+                        enc_embed_dim=64, enc_depth=3, enc_num_heads=2, dec_embed_dim=32, dec_depth=10,
+                        dec_num_heads=2, dpt_layer_dims=[16, 16, 32, 32], dpt_feature_dim=16, dpt_last_dim=16,
+                        two_confs=True, desc_conf_mode=["exp", 0, inf], head_hidden_dim_factor=0.25),
+    # a small DUSt3R for the CPU demo (~10.6M parameters, 2.8M of them in the encoder)
+    "dust3r_small": dict(family="dust3r", head_type="dpt", output_mode="pts3d", img_size=[224, 224],
+                         enc_embed_dim=192, enc_depth=6, enc_num_heads=3, dec_embed_dim=128, dec_depth=10,
+                         dec_num_heads=4, dpt_layer_dims=[24, 48, 96, 192], dpt_feature_dim=64, dpt_last_dim=32),
+}
+
+
+def family_class(family: str) -> type[Reconstructor]:
+    """The model class of ``family`` (imported on first use)."""
+    if family not in FAMILIES:
+        raise CheckpointError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
+    module, cls = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _resolve_config(name_or_config: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(name_or_config, dict):
+        config = dict(name_or_config)
+    elif name_or_config in MODEL_CONFIGS:
+        config = dict(MODEL_CONFIGS[name_or_config])
+    else:
+        raise CheckpointError(f"unknown model name {name_or_config!r}; known: {', '.join(MODEL_CONFIGS)}")
+    if "family" not in config:
+        raise CheckpointError(f"model config has no 'family': {config}")
+    return config
+
+
+def build_model(name_or_config: str | dict[str, Any], device: torch.device | str | None = None) -> Reconstructor:
+    """A randomly initialised model from a registry name or a config dict (``family`` + kwargs).
+
+    ``device="meta"`` builds without allocating weights (for key checks of full-size models).
+    """
+    config = _resolve_config(name_or_config)
+    cls = family_class(config.pop("family"))
+    if device is None:
+        return cls(**config)
+    with torch.device(device):
+        return cls(**config)
+
+
+def _has_lora(model: torch.nn.Module) -> bool:
+    return any(type(m).__name__ == "LoRALinear" for m in model.modules())
+
+
+def save_model(model: Reconstructor, path: str | os.PathLike) -> Path:
+    """Write ``model`` in the fin3r format (one safetensors file, config in the metadata), atomically.
+
+    LoRA adapters must be merged first (``fin3r.lora.merge_and_unload``), so the file is a plain model.
+    """
+    from safetensors.torch import save_file
+
+    if _has_lora(model):
+        raise CheckpointError("save_model: the model holds LoRA layers; merge them first "
+                              "(fin3r.lora.merge_and_unload) or save the adapter alone (fin3r.lora.save_adapter)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": "fin3r", "config": json.dumps(model.config_dict())}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_fin3r_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of a fin3r safetensors file; :class:`CheckpointError` if it is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != "fin3r" or "config" not in metadata:
+                raise CheckpointError(f"{path}: not a fin3r model file (no fin3r config in the safetensors metadata)")
+            config = json.loads(metadata["config"])
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated / not safetensors
+        raise CheckpointError(f"{path}: cannot read as safetensors ({e})") from e
+    return config, state_dict
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a clear :class:`CheckpointError` naming the keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    bad = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if bad:
+            k = bad[0]
+            parts.append(f"{len(bad)} with other shapes (e.g. {k}: file {tuple(state_dict[k].shape)}, "
+                         f"model {tuple(own[k].shape)})")
+        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_model(name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+               device: torch.device | str = "cpu") -> Reconstructor:
+    """A model in eval mode from:
+
+    - a registry name (random init, or the weights of ``checkpoint`` if given -- any format below);
+    - a fin3r ``.safetensors`` file (:func:`save_model`);
+    - an official ``.pth`` file (``{'model', 'args'}``) or a Hugging Face folder
+      (``config.json`` + ``model.safetensors``), see :mod:`fin3r.models.checkpoints`.
+    """
+    from fin3r.models import checkpoints
+
+    name = str(name_or_path)
+    if name in MODEL_CONFIGS:
+        model = build_model(name)
+        if checkpoint is not None:
+            _, state_dict = checkpoints.read_any(checkpoint)
+            load_state_dict_strict(model, checkpoints.to_fin3r_keys(state_dict), str(checkpoint))
+    else:
+        if checkpoint is not None:
+            raise CheckpointError(f"load_model: `checkpoint` is only used with a registry name, got {name!r}")
+        path = Path(name)
+        if not path.exists():
+            raise CheckpointError(f"{name!r} is neither a registry name ({', '.join(MODEL_CONFIGS)}) nor a file")
+        config, state_dict = checkpoints.read_any(path)
+        if config is None:
+            raise CheckpointError(f"{path}: the file has no architecture; pass a registry name and "
+                                  f"checkpoint=<file>")
+        model = build_model(config)
+        load_state_dict_strict(model, checkpoints.to_fin3r_keys(state_dict), str(path))
+    return model.to(device).eval()
+
+
+__all__ = ["FAMILIES", "MODEL_CONFIGS", "build_model", "load_model", "save_model", "family_class",
+           "read_fin3r_file", "load_state_dict_strict"]
