@@ -297,3 +297,25 @@ def test_wrong_keys_and_shapes_name_the_keys(tmp_path):
         Vggt.from_official(path, config=VGGT_TINY_CONFIG)
     with pytest.raises(CheckpointError, match="no such file"):
         Vggt.from_official(tmp_path / "missing.pt", config=VGGT_TINY_CONFIG)
+
+
+# --- registry -------------------------------------------------------------------------------------
+def test_registry_configs_and_round_trips(tmp_path):
+    from fin3r.models.registry import MODEL_CONFIGS, build_model, load_model, save_model
+
+    assert MODEL_CONFIGS["vggt_tiny"] == {"family": "vggt", **VGGT_TINY_CONFIG}
+    assert MODEL_CONFIGS["vggt_1b"] == {"family": "vggt", **VGGT_1B_CONFIG}
+    assert isinstance(build_model("vggt_tiny"), Vggt)
+    official = tmp_path / "model.pt"
+    torch.save(with_fake_track_head(official_state()), official)
+    model = load_model("vggt_tiny", checkpoint=official)
+    assert len(model.load_report.dropped) == 2 and not model.training
+    g = golden("s2_70x42")
+    with torch.no_grad():
+        want = model(g["images"])["world_points"]
+    assert (want - g["world_points"]).abs().max() < OUT_TOL
+    saved = save_model(model, tmp_path / "vggt_tiny.safetensors")
+    again = load_model(saved)
+    assert again.config_dict() == model.config_dict()
+    with torch.no_grad():
+        assert torch.equal(again(g["images"])["world_points"], want)

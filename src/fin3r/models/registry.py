@@ -29,7 +29,11 @@ from fin3r.models.base import Reconstructor
 FAMILIES: dict[str, str] = {
     "dust3r": "fin3r.models.dust3r:Dust3r",
     "mast3r": "fin3r.models.mast3r:Mast3r",
+    "vggt": "fin3r.models.vggt:Vggt",
 }
+#: families whose classes read official files themselves, ``cls.from_official(path, config=kwargs)``
+#: (VGGT: its files carry no architecture, and a track head that is not built)
+OWN_OFFICIAL_LOADERS: set[str] = {"vggt"}
 
 inf = math.inf
 _CROCO_LARGE = dict(enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12,
@@ -61,6 +65,15 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "dust3r_small": dict(family="dust3r", head_type="dpt", output_mode="pts3d", img_size=[224, 224],
                          enc_embed_dim=192, enc_depth=6, enc_num_heads=3, dec_embed_dim=128, dec_depth=10,
                          dec_num_heads=4, dpt_layer_dims=[24, 48, 96, 192], dpt_feature_dim=64, dpt_last_dim=32),
+    # VGGT-1B (facebook/VGGT-1B, track head not built) and its tiny test config (= the golden fixtures')
+    "vggt_1b": dict(family="vggt", img_size=518, patch_size=14, embed_dim=1024, depth=24, num_heads=16,
+                    mlp_ratio=4.0, num_register_tokens=4, encoder_depth=24, encoder_num_heads=16,
+                    dpt_features=256, dpt_out_channels=[256, 512, 1024, 1024], dpt_layers=[4, 11, 17, 23],
+                    camera_trunk_depth=4, camera_num_heads=16),
+    "vggt_tiny": dict(family="vggt", img_size=56, patch_size=14, embed_dim=24, depth=4, num_heads=2,
+                      mlp_ratio=4.0, num_register_tokens=4, encoder_depth=2, encoder_num_heads=2,
+                      dpt_features=8, dpt_out_channels=[4, 8, 16, 16], dpt_layers=[0, 1, 2, 3],
+                      camera_trunk_depth=2, camera_num_heads=2),
 }
 
 
@@ -176,6 +189,9 @@ def load_model(name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | 
     from fin3r.models import checkpoints
 
     name = str(name_or_path)
+    if checkpoint is not None and MODEL_CONFIGS.get(name, {}).get("family") in OWN_OFFICIAL_LOADERS:
+        config = dict(MODEL_CONFIGS[name])
+        return family_class(config.pop("family")).from_official(checkpoint, config=config).to(device).eval()
     if name in MODEL_CONFIGS:
         model = build_model(name)
         if checkpoint is not None:
