@@ -319,3 +319,13 @@ def test_registry_configs_and_round_trips(tmp_path):
     assert again.config_dict() == model.config_dict()
     with torch.no_grad():
         assert torch.equal(again(g["images"])["world_points"], want)
+
+
+def test_heads_only_need_their_layers():
+    """The aggregator keeps only the layers the heads read (the DPT layers and the last one)."""
+    model = Vggt(**{**VGGT_TINY_CONFIG, "dpt_layers": [1, 1, 2, 2]}).eval()
+    with torch.no_grad():
+        tokens = model.aggregator(model.normalize(torch.rand(1, 2, 3, 42, 56)), keep={1, 2, 3})
+        out = model(torch.rand(1, 2, 3, 42, 56))
+    assert tokens[0] is None and tokens[3].shape == (1, 2, 5 + 12, 48)
+    assert out["depth"].shape == (1, 2, 42, 56, 1) and out["world_points"].shape == (1, 2, 42, 56, 3)

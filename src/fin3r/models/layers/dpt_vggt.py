@@ -175,7 +175,7 @@ class VggtDPTHead(nn.Module):
         Returns:
             ``pred (B, S, H, W, output_dim - 1)`` activated, ``conf (B, S, H, W)`` = 1 + exp.
         """
-        B, S = tokens[0].shape[:2]
+        B, S = tokens[self.layers[0]].shape[:2]
         h, w = image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
         chunk = self.frames_chunk if self.frames_chunk and self.frames_chunk > 0 else S
         outs = []
