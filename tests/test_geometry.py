@@ -158,6 +158,9 @@ def test_align_scale_recovers_known_scale_and_ignores_masked_outliers(shape):
     target[0][~mask[0]] = 1e9
     s = align_scale(pred, target, mask)
     assert torch.allclose(s, s_true, rtol=1e-12)
+    pred_nan = pred.clone()
+    pred_nan[~mask] = float("nan")
+    assert torch.allclose(align_scale(pred_nan, target, mask), s_true, rtol=1e-12)
     # weighted least squares with noise matches the normal equations
     noisy = pred * 2 + 0.1 * torch.randn(shape, dtype=D, generator=gen)
     w = torch.rand(shape[:3], dtype=D, generator=gen)
@@ -177,7 +180,8 @@ def test_align_scale_shift_recovers_known_values_and_is_differentiable():
     target = (pred.detach() * s_true[:, None, None] + c_true[:, None, None]).clone()
     mask = torch.rand(4, 10, 12, generator=gen) > 0.5
     target[~mask] = float("inf")
-    s, c = align_scale_shift(pred, target, mask)
+    pred_nan = torch.where(mask, pred, torch.full_like(pred, float("nan")))  # masked NaN in pred too
+    s, c = align_scale_shift(pred_nan, target, mask)
     assert torch.allclose(s, s_true, rtol=1e-10) and torch.allclose(c, c_true, atol=1e-10)
     (s.sum() + c.sum()).backward()
     assert torch.isfinite(pred.grad).all()
