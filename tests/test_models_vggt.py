@@ -329,3 +329,15 @@ def test_heads_only_need_their_layers():
         out = model(torch.rand(1, 2, 3, 42, 56))
     assert tokens[0] is None and tokens[3].shape == (1, 2, 5 + 12, 48)
     assert out["depth"].shape == (1, 2, 42, 56, 1) and out["world_points"].shape == (1, 2, 42, 56, 3)
+
+
+def test_load_model_recognises_an_official_hf_folder(tmp_path):
+    from fin3r.models.registry import load_model
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file(with_fake_track_head(official_state()), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({**VGGT_TINY_CONFIG, "enable_track": True}))
+    model = load_model(folder)
+    assert isinstance(model, Vggt) and model.config_dict() == {"family": "vggt", **VGGT_TINY_CONFIG}
+    assert len(model.load_report.dropped) == 2

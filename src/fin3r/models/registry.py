@@ -192,6 +192,11 @@ def load_model(name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | 
     if checkpoint is not None and MODEL_CONFIGS.get(name, {}).get("family") in OWN_OFFICIAL_LOADERS:
         config = dict(MODEL_CONFIGS[name])
         return family_class(config.pop("family")).from_official(checkpoint, config=config).to(device).eval()
+    if checkpoint is None and name not in MODEL_CONFIGS:
+        from fin3r.models.vggt import Vggt, is_vggt_hf_folder
+
+        if is_vggt_hf_folder(name):  # official VGGT folder: its config.json has no architecture family
+            return Vggt.from_official(name).to(device).eval()
     if name in MODEL_CONFIGS:
         model = build_model(name)
         if checkpoint is not None:

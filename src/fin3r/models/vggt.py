@@ -321,15 +321,14 @@ class Vggt(Reconstructor):
 
         ``path``: ``model.pt`` (plain state_dict), a ``.safetensors`` file, or a Hugging Face folder
         (``config.json`` + ``model.safetensors`` or ``model.pt``). ``config``: constructor kwargs
-        (default: VGGT-1B, updated by ``config.json``'s ``img_size``/``patch_size``/``embed_dim``).
+        (default: VGGT-1B, updated by the constructor arguments found in ``config.json``; others,
+        such as the official ``enable_*`` flags, are ignored).
         The model is built on the meta device and the loaded tensors are assigned (no second copy
         of the 5 GB of weights).
         """
         hf_config, state_dict = read_vggt_checkpoint(path)
         kwargs = dict(VGGT_1B_CONFIG)
-        for key in ("img_size", "patch_size", "embed_dim"):
-            if key in hf_config:
-                kwargs[key] = hf_config[key]
+        kwargs.update({k: v for k, v in hf_config.items() if k in VGGT_1B_CONFIG})
         kwargs.update(config or {})
         with torch.device("meta"):
             model = cls(**kwargs)
@@ -392,6 +391,27 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from e
 
 
+def is_vggt_hf_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Hugging Face folder of official VGGT weights (``model.safetensors`` whose
+    keys start with ``aggregator.``, no fin3r ``family`` in ``config.json``); reads headers only."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    weights = path / "model.safetensors"
+    if not path.is_dir() or not weights.is_file():
+        return False
+    try:
+        if "family" in json.loads((path / "config.json").read_text()):
+            return False
+    except (OSError, ValueError):
+        pass
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return any(k.startswith("aggregator.patch_embed.") for k in f.keys())
+    except Exception:  # unreadable: let the generic reader report it
+        return False
+
+
 def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(hf_config, state_dict)`` of an official VGGT file or Hugging Face folder.
 
@@ -427,4 +447,5 @@ def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
 
 
 __all__ = ["Vggt", "Aggregator", "VggtLoadReport", "VGGT_1B_CONFIG", "VGGT_TINY_CONFIG", "read_vggt_checkpoint",
+           "is_vggt_hf_folder",
            "drop_track_head", "check_state_dict", "slice_special_tokens"]
