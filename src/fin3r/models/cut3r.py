@@ -25,6 +25,7 @@ Inputs are float images in ``[0, 1]`` (mapped to ``[-1, 1]`` inside), H and W mu
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fin3r.errors import InputError
+from fin3r.errors import CheckpointError
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
 from fin3r.models.layers.blocks import DecoderBlock, LayerNorm
 from fin3r.models.layers.cut3r_blocks import LocalMemory, cut3r_encoder_block
@@ -170,6 +171,7 @@ class Cut3r(Reconstructor):
                                 dpt_last_dim=last_dim)
         self.enc_embed_dim, self.dec_embed_dim, self.dec_depth = enc_embed_dim, dec_embed_dim, dec_depth
         self.state_size, self.state_pe = state_size, state_pe
+        state_positions(state_size, state_pe)  # validates state_pe
         self.head_type = head_type
         rope = RoPE2D(freq=float(pos_embed[len("RoPE"):]))
         self.rope = rope
@@ -197,7 +199,6 @@ class Cut3r(Reconstructor):
         self.dec_blocks_state = nn.ModuleList(
             [DecoderBlock(dec_embed_dim, state_dec_num_heads, mlp_ratio, rope=rope) for _ in range(dec_depth)])
         self.dec_norm_state = LayerNorm(dec_embed_dim)
-        self.register_buffer("_state_pos", state_positions(state_size, state_pe), persistent=False)
         # pose token and retriever
         self.pose_token = nn.Parameter(torch.randn(1, 1, dec_embed_dim) * 0.02)
         self.pose_retriever = LocalMemory(local_mem_size, enc_embed_dim, dec_embed_dim, dec_num_heads,
@@ -239,7 +240,7 @@ class Cut3r(Reconstructor):
     def init_state(self, batch: int) -> Cut3rState:
         """The initial state: ``decoder_embed_state(register_tokens)`` and the learned memory."""
         state = self.decoder_embed_state(self.register_tokens.weight)[None].expand(batch, -1, -1)
-        state_pos = self._state_pos[None].expand(batch, -1, -1)
+        state_pos = state_positions(self.state_size, self.state_pe).to(state.device)[None].expand(batch, -1, -1)
         return Cut3rState(state=state, state_pos=state_pos, mem=self.pose_retriever.initial_memory(batch))
 
     def decode(self, state: Cut3rState, feat: Tensor, pos: Tensor, pose_feat: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -336,6 +337,53 @@ class Cut3r(Reconstructor):
     def config_dict(self) -> dict[str, Any]:
         return {"family": self.family, **self._config}
 
+    def official_constructor_string(self) -> str:
+        """``args.model`` of an official file: ``"ARCroco3DStereo(ARCroco3DStereoConfig(...))"``."""
+        from fin3r.models.cut3r_checkpoint import constructor_string
+
+        return constructor_string(self._config)
+
+    @classmethod
+    def from_official(cls, path: str | os.PathLike, config: dict[str, Any] | None = None) -> Cut3r:
+        """A model (eval mode) with the weights of an official CUT3R ``.pth``.
+
+        The architecture is ``config`` (constructor kwargs) or, by default, the known configuration
+        that the file's ``args.model`` names (parsed, never evaluated; see
+        :mod:`fin3r.models.cut3r_checkpoint`); files without ``args`` are taken for the released
+        model their head type indicates. A file whose ``args.model`` contradicts ``config`` is an
+        error. Loading is strict (every key and shape); the model is built on the meta device and
+        the file's tensors are assigned (as float32).
+        """
+        from fin3r.models.cut3r_checkpoint import effective_config, guess_config_name, read_cut3r_checkpoint
+
+        name, state_dict = read_cut3r_checkpoint(path)
+        if config is None:
+            config = CUT3R_CONFIGS[name or guess_config_name(state_dict)]
+        elif name is not None:
+            widths = ("dpt_layer_dims", "dpt_feature_dim", "dpt_last_dim")
+            want = {k: v for k, v in effective_config(config).items() if k not in widths}
+            have = {k: v for k, v in effective_config(CUT3R_CONFIGS[name]).items() if k not in widths}
+            if want != have:
+                raise CheckpointError(f"{path}: the file's args.model is the {name} architecture, which differs "
+                                      f"from the requested one in {sorted(k for k in want if want[k] != have[k])}")
+        config = {k: v for k, v in config.items() if k != "family"}
+        with torch.device("meta"):
+            model = cls(**config)
+        own = model.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        bad = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+        if missing or unexpected or bad:
+            parts = [f"{len(missing)} missing (e.g. {missing[:3]})"] if missing else []
+            parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"] if unexpected else []
+            if bad:
+                parts.append(f"{len(bad)} with other shapes (e.g. {bad[0]}: file "
+                             f"{tuple(state_dict[bad[0]].shape)}, model {tuple(own[bad[0]].shape)})")
+            raise CheckpointError(f"{path}: weights do not fit the CUT3R model: " + "; ".join(parts))
+        state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model.eval()
+
     def official_state_dict(self) -> dict[str, Tensor]:
         """Our state_dict plus the official alias keys ``downstream_head.dpt_*.scratch.layer_rn.{0..3}``
         (same tensors), exactly the keys of an official ``.pth``."""
@@ -370,5 +418,13 @@ CUT3R_TINY_LINEAR: dict[str, Any] = dict(
     pose_mode=["exp", -inf, inf], enc_embed_dim=16, enc_depth=2, enc_num_heads=2, dec_embed_dim=8, dec_depth=4,
     dec_num_heads=1, ray_enc_depth=0, local_mem_size=4, state_dec_num_heads=2)
 
-__all__ = ["Cut3r", "Cut3rState", "estimate_intrinsics", "state_positions", "CUT3R_512_DPT_4_64",
+#: known configurations by registry name (``fin3r.models.registry.MODEL_CONFIGS`` adds ``family``)
+CUT3R_CONFIGS: dict[str, dict[str, Any]] = {
+    "cut3r_512_dpt_4_64": CUT3R_512_DPT_4_64,
+    "cut3r_224_linear_4": CUT3R_224_LINEAR_4,
+    "cut3r_tiny": CUT3R_TINY,
+    "cut3r_tiny_linear": CUT3R_TINY_LINEAR,
+}
+
+__all__ = ["Cut3r", "Cut3rState", "estimate_intrinsics", "state_positions", "CUT3R_CONFIGS", "CUT3R_512_DPT_4_64",
            "CUT3R_224_LINEAR_4", "CUT3R_TINY", "CUT3R_TINY_LINEAR"]
