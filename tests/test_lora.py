@@ -185,6 +185,22 @@ def test_weight_mode_gradient_flows_through_the_norm(mode):
     assert not torch.allclose(A2.grad, A.grad, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["weight_row", "weight_fro"])
+def test_training_after_inference_mode_and_after_a_base_weight_change(mode):
+    lin = nn.Linear(DIM, DIM)
+    m = LoRALinear(lin, rank=4, mode=mode)
+    _randomise(m)
+    x = _x()
+    with torch.inference_mode():
+        m(x)
+    m(x).sum().backward()  # the cached n(W) must not be an inference tensor here
+    assert m.lora_A.grad is not None
+    with torch.no_grad():  # e.g. load_state_dict of new base weights after injection
+        lin.weight.mul_(2.0)
+    ref = _ref_weight_mode(lin.weight, m.lora_A, m.lora_B, 2.0, mode)
+    assert torch.allclose(m(x), F.linear(x, ref, lin.bias), atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", [None, "weight_row", "weight_fro"])
 def test_merge_unmerge_and_unload(mode):
     model, x = Tiny(), _x()

@@ -176,7 +176,8 @@ class LoRALinear(nn.Linear):
     def _base_norm_sq(self) -> Tensor:
         """``n(W)^2`` of the frozen base weight, cached until the weight changes in place."""
         W = self._base_weight()
-        key = (W.data_ptr(), W._version, W.dtype, W.device, self.mode)
+        # (an inference-mode tensor cannot be saved for backward: cache per inference mode)
+        key = (W.data_ptr(), W._version, W.dtype, W.device, self.mode, torch.is_inference_mode_enabled())
         if self._norm_cache is None or self._norm_cache[0] != key:
             with torch.no_grad():
                 self._norm_cache = (key, self._norm_sq(W))
