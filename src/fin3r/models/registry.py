@@ -157,8 +157,10 @@ def read_fin3r_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     return config, state_dict
 
 
-def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with a clear :class:`CheckpointError` naming the keys."""
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                           assign: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with a clear :class:`CheckpointError` naming the keys
+    (``assign=True``: the tensors replace the parameters, e.g. of a model built on the meta device)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -174,7 +176,7 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
             parts.append(f"{len(bad)} with other shapes (e.g. {k}: file {tuple(state_dict[k].shape)}, "
                          f"model {tuple(own[k].shape)})")
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def load_model(name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,

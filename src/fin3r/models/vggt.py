@@ -309,9 +309,9 @@ class Vggt(Reconstructor):
         if dropped:
             logger.info("%s: dropped %d track_head.* tensors (the VGGT track head is not built)", source,
                         len(dropped))
-        check_state_dict(self, state_dict, source)
-        assign = any(p.is_meta for p in self.parameters())
-        self.load_state_dict(state_dict, strict=True, assign=assign)
+        from fin3r.models.registry import load_state_dict_strict
+
+        load_state_dict_strict(self, state_dict, source, assign=any(p.is_meta for p in self.parameters()))
         self.load_report = VggtLoadReport(source=source, loaded=len(state_dict), dropped=dropped)
         return self.load_report
 
@@ -330,6 +330,8 @@ class Vggt(Reconstructor):
         kwargs = dict(VGGT_1B_CONFIG)
         kwargs.update({k: v for k, v in hf_config.items() if k in VGGT_1B_CONFIG})
         kwargs.update(config or {})
+        # fp32 weights (a no-op for the official fp32 files; half-precision files are upcast)
+        state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
         with torch.device("meta"):
             model = cls(**kwargs)
         model.load_official(state_dict, str(path))
@@ -340,26 +342,6 @@ def drop_track_head(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], l
     """``(state_dict without track_head.*, the dropped keys)``."""
     dropped = [k for k in state_dict if k.startswith(TRACK_HEAD_PREFIX)]
     return {k: v for k, v in state_dict.items() if not k.startswith(TRACK_HEAD_PREFIX)}, dropped
-
-
-def check_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
-    """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the model's keys and shapes."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    bad = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    if not (missing or unexpected or bad):
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if bad:
-        k = bad[0]
-        parts.append(f"{len(bad)} keys with other shapes (e.g. {k}: file {tuple(state_dict[k].shape)}, "
-                     f"model {tuple(own[k].shape)})")
-    raise CheckpointError(f"{source}: not a VGGT checkpoint of this configuration: " + "; ".join(parts))
 
 
 def _load_torch_state_dict(path: Path) -> dict[str, Tensor]:
@@ -447,5 +429,4 @@ def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
 
 
 __all__ = ["Vggt", "Aggregator", "VggtLoadReport", "VGGT_1B_CONFIG", "VGGT_TINY_CONFIG", "read_vggt_checkpoint",
-           "is_vggt_hf_folder",
-           "drop_track_head", "check_state_dict", "slice_special_tokens"]
+           "is_vggt_hf_folder", "drop_track_head", "slice_special_tokens"]
