@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from fin3r.errors import CheckpointError, Fin3rError
 from fin3r.geometry import depth_to_points
@@ -43,7 +42,7 @@ from fin3r.models.layers.dinov2 import DinoV2Encoder
 from fin3r.models.layers.dpt_vggt import VggtDPTHead
 from fin3r.models.layers.patch_embed import patch_positions
 from fin3r.models.layers.rope2d import RoPE2D
-from fin3r.models.layers.vggt_blocks import LayerScaleBlock
+from fin3r.models.layers.vggt_blocks import LayerScaleBlock, run_block
 
 logger = logging.getLogger(__name__)
 
@@ -101,29 +100,16 @@ class Aggregator(nn.Module):
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, embed_dim) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, num_register_tokens, embed_dim) * 1e-6)
         self.patch_start = 1 + num_register_tokens
-        #: wrap blocks in activation checkpointing when training with gradients (saves memory)
+        #: activation checkpointing of the frame/global blocks when computing gradients
         self.grad_checkpointing = False
 
     def _run(self, block: nn.Module, x: Tensor, pos: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, pos, use_reentrant=False)
-        return block(x, pos)
-
-    def encode(self, imgs: Tensor) -> dict[str, Tensor]:
-        """Per-image DINOv2 tokens of ``imgs (N, 3, H, W)`` (normalised)."""
-        enc = self.patch_embed
-        x = enc.prepare_tokens(imgs)
-        for blk in enc.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() \
-                else blk(x)
-        x_norm = enc.norm(x)
-        r = enc.num_register_tokens
-        return {"x_norm_patchtokens": x_norm[:, r + 1 :], "x_prenorm": x}
+        return run_block(block, x, pos, self.grad_checkpointing)
 
     def forward(self, imgs: Tensor, keep: set[int] | None = None) -> list[Tensor | None]:
         B, S, _, H, W = imgs.shape
         h, w = H // self.patch_size, W // self.patch_size
-        patches = self.encode(imgs.reshape(B * S, *imgs.shape[2:]))["x_norm_patchtokens"]
+        patches = self.patch_embed(imgs.reshape(B * S, *imgs.shape[2:]))["x_norm_patchtokens"]
         special = torch.cat((slice_special_tokens(self.camera_token, B, S),
                              slice_special_tokens(self.register_token, B, S)), dim=1).to(patches.dtype)
         x = torch.cat((special, patches), dim=1)  # (B*S, P, C)
@@ -214,6 +200,7 @@ class Vggt(Reconstructor):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Activation checkpointing of the encoder and aggregator blocks (as official training)."""
         self.aggregator.grad_checkpointing = enabled
+        self.aggregator.patch_embed.grad_checkpointing = enabled
 
     # --- forward ----------------------------------------------------------------------------
     def normalize(self, imgs: Tensor) -> Tensor:
@@ -291,12 +278,12 @@ class Vggt(Reconstructor):
     def encode(self, img: Tensor) -> Tensor:
         """DINOv2 ``x_norm_patchtokens (B, h*w, C)`` -- what the aggregator consumes."""
         self.check_images(img, ndim=4)
-        return self.aggregator.encode(self.normalize(img))["x_norm_patchtokens"]
+        return self.aggregator.patch_embed(self.normalize(img))["x_norm_patchtokens"]
 
     def encode_prenorm(self, img: Tensor) -> Tensor:
         """DINOv2 patch tokens before the final norm, ``(B, h*w, C)`` (cls and registers removed)."""
         self.check_images(img, ndim=4)
-        x = self.aggregator.encode(self.normalize(img))["x_prenorm"]
+        x = self.aggregator.patch_embed(self.normalize(img))["x_prenorm"]
         return x[:, self.aggregator.patch_start :]
 
     # --- official checkpoints -----------------------------------------------------------------
