@@ -101,7 +101,7 @@ def _accepted_args(cls: type) -> set[str]:
 
 
 def model_config(family: str, kwargs: dict[str, Any], state_dict: dict[str, Tensor] | None = None,
-                 source: str = "checkpoint") -> dict[str, Any]:
+                 source: str = "checkpoint", official_class: str | None = None) -> dict[str, Any]:
     """A registry config (``family`` + our kwargs) from official constructor kwargs: ignored
     arguments dropped, unknown ones an error, DPT/MLP widths inferred from ``state_dict`` shapes."""
     from fin3r.models.registry import family_class
@@ -113,7 +113,7 @@ def model_config(family: str, kwargs: dict[str, Any], state_dict: dict[str, Tens
         if key in IGNORED_ARGS or key == "family":
             continue
         if key not in accepted:
-            raise CheckpointError(f"{source}: unknown {cls.__name__} argument {key!r} "
+            raise CheckpointError(f"{source}: unknown {official_class or cls.__name__} argument {key!r} "
                                   f"(known: {', '.join(sorted(accepted - FIN3R_ONLY_ARGS))})")
         config[key] = list(value) if isinstance(value, tuple) else value
     if state_dict is not None:
@@ -174,7 +174,8 @@ def read_official_pth(path: str | os.PathLike) -> tuple[dict[str, Any] | None, d
     if cls_name not in OFFICIAL_CLASSES:
         raise CheckpointError(f"{path}: unknown model class {cls_name!r} in args.model "
                               f"(known: {', '.join(OFFICIAL_CLASSES)})")
-    return model_config(OFFICIAL_CLASSES[cls_name], kwargs, state_dict, source=str(path)), state_dict
+    config = model_config(OFFICIAL_CLASSES[cls_name], kwargs, state_dict, source=str(path), official_class=cls_name)
+    return config, state_dict
 
 
 def _family_from_hf_config(config: dict[str, Any]) -> str:

@@ -1,0 +1,158 @@
+"""Official checkpoint formats: .pth ({'model', 'args': Namespace}) parsed safely, Hugging Face
+folders, key policy, writing back, and clear errors on bad files."""
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from fin3r.errors import CheckpointError
+from fin3r.models import checkpoints as ckpt
+from fin3r.models.registry import build_model, load_model
+
+DUST3R_512_DPT = ("AsymmetricCroCo3DStereo(pos_embed='RoPE100', patch_embed_cls='ManyAR_PatchEmbed', "
+                  "img_size=(512, 512), head_type='dpt', output_mode='pts3d', depth_mode=('exp', -inf, inf), "
+                  "conf_mode=('exp', 1, inf), enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, "
+                  "dec_embed_dim=768, dec_depth=12, dec_num_heads=12)")
+
+
+class NotAllowed:
+    """A class the safe unpickler must refuse."""
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("dust3r_tiny").eval()
+
+
+def _same_outputs(a, b):
+    img = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.equal(a.predict_mono(img).pts3d, b.predict_mono(img).pts3d)
+
+
+def test_parse_constructor_literals():
+    name, kwargs = ckpt.parse_constructor(DUST3R_512_DPT)
+    assert name == "AsymmetricCroCo3DStereo"
+    assert kwargs["depth_mode"] == ("exp", -math.inf, math.inf)
+    assert kwargs["img_size"] == (512, 512) and kwargs["enc_depth"] == 24
+    config = ckpt.model_config("dust3r", kwargs)
+    assert "patch_embed_cls" not in config and config["family"] == "dust3r"
+    assert build_model(config, device="meta").config_dict()["dpt_feature_dim"] == 256
+
+
+@pytest.mark.parametrize("text,match", [
+    ("AsymmetricCroCo3DStereo(head_type=__import__('os').system('echo pwned'))", "nested call"),
+    ("AsymmetricCroCo3DStereo(enc_depth=2 + 2)", "not a literal"),
+    ("AsymmetricCroCo3DStereo(**kw)", r"\*\*"),
+    ("AsymmetricCroCo3DStereo(1, 2)", "positional"),
+    ("os.system('x')", "must be a call"),
+    ("AsymmetricCroCo3DStereo(", "syntax"),
+    ("AsymmetricCroCo3DStereo(head_type=x)", "not a literal"),
+])
+def test_parse_constructor_rejects_code(text, match):
+    with pytest.raises(CheckpointError, match=match):
+        ckpt.parse_constructor(text)
+
+
+def test_official_pth_round_trip_with_namespace_pickle(tmp_path, tiny):
+    path = ckpt.save_official_pth(tiny, tmp_path / "ckpt.pth")
+    raw = torch.load(path, weights_only=False)
+    assert isinstance(raw["args"], argparse.Namespace)
+    assert raw["args"].model.startswith("AsymmetricCroCo3DStereo(")
+    assert "mask_token" in raw["model"] and "downstream_head1.dpt.scratch.layer_rn.0.weight" in raw["model"]
+    loaded = load_model(path)
+    assert _same_outputs(loaded, tiny)
+
+
+def test_real_training_style_checkpoint(tmp_path, tiny):
+    """As written by the official training (croco save_model): 'module.' prefixes, extra entries,
+    ManyAR_PatchEmbed and landscape_only in the constructor string."""
+    sd = {f"module.{k}": v for k, v in tiny.official_state_dict().items()}
+    kwargs = ckpt.official_kwargs(tiny)
+    ctor = ("AsymmetricCroCo3DStereo(patch_embed_cls='ManyAR_PatchEmbed', landscape_only=True, freeze='none', "
+            + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")")
+    torch.save({"model": sd, "args": argparse.Namespace(model=ctor, lr=1e-4), "epoch": 3,
+                "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "train.pth")
+    assert _same_outputs(load_model(tmp_path / "train.pth"), tiny)
+
+
+def test_hf_folder_round_trip(tmp_path, tiny):
+    folder = ckpt.save_hf_folder(tiny, tmp_path / "hf")
+    from safetensors.torch import load_file
+    keys = set(load_file(str(folder / "model.safetensors")))
+    assert not any(".scratch.layer_rn." in k for k in keys) and "mask_token" in keys
+    config = json.loads((folder / "config.json").read_text())
+    assert config["head_type"] == "dpt"
+    assert _same_outputs(load_model(folder), tiny)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_model(folder)
+
+
+def test_mast3r_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mast3r_tiny").eval()
+    for path in (ckpt.save_official_pth(model, tmp_path / "m.pth"), ckpt.save_hf_folder(model, tmp_path / "hf")):
+        loaded = load_model(path)
+        assert type(loaded).__name__ == "Mast3r" and loaded.head_hidden_dim_factor == 0.25
+        assert _same_outputs(loaded, model)
+
+
+def test_key_policy():
+    t = torch.zeros(1)
+    sd = {"module.mask_token": t, "module.a.dpt.scratch.layer_rn.0.weight": t,
+          "module.b.dpt.scratch.layer_rn.1.weight": t, "module.b.dpt.scratch.layer2_rn.weight": t,
+          "module.dec_blocks.0.norm1.weight": t}
+    out = ckpt.to_fin3r_keys(sd)
+    assert set(out) == {"a.dpt.scratch.layer1_rn.weight", "b.dpt.scratch.layer2_rn.weight",
+                        "dec_blocks.0.norm1.weight", "dec_blocks2.0.norm1.weight"}
+
+
+def test_plain_state_dict_needs_a_registry_name(tmp_path, tiny):
+    torch.save(tiny.state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="no architecture"):
+        load_model(tmp_path / "plain.pth")
+    assert _same_outputs(load_model("dust3r_tiny", checkpoint=tmp_path / "plain.pth"), tiny)
+
+
+def test_truncated_file(tmp_path, tiny):
+    path = ckpt.save_official_pth(tiny, tmp_path / "ckpt.pth")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_model(path)
+    st = tmp_path / "t.safetensors"
+    from fin3r.models.registry import save_model
+    save_model(tiny, st)
+    st.write_bytes(st.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_model(st)
+
+
+def test_foreign_pickle_class_is_refused(tmp_path, tiny):
+    torch.save({"model": tiny.state_dict(), "args": NotAllowed()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="NotAllowed"):
+        load_model(tmp_path / "evil.pth")
+
+
+@pytest.mark.parametrize("ctor,match", [
+    ("AsymmetricCroCo3DStereo(head_type=eval('1'))", "nested call"),
+    ("UnknownNet(head_type='dpt')", "unknown model class"),
+    ("AsymmetricCroCo3DStereo(head_type='dpt', warp_drive=True)", "unknown AsymmetricCroCo3DStereo argument"),
+])
+def test_bad_constructor_strings_in_files(tmp_path, tiny, ctor, match):
+    torch.save({"model": tiny.official_state_dict(), "args": argparse.Namespace(model=ctor)}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match=match):
+        load_model(tmp_path / "x.pth")
+
+
+def test_shape_mismatch_is_clear(tmp_path, tiny):
+    sd = dict(tiny.official_state_dict())
+    sd["enc_norm.weight"] = torch.zeros(3)
+    torch.save({"model": sd, "args": argparse.Namespace(model=ckpt.constructor_string(tiny))}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="enc_norm.weight"):
+        load_model(tmp_path / "x.pth")
