@@ -8,7 +8,9 @@ A *view* (mono sample) is a dict (DESIGN.md):
     K          (3, 3) float32 intrinsics in pixels (pixel (row i, col j) centre at u=j, v=i)
     cam2world  (4, 4) float32 OpenCV camera-to-world (identity when unknown)
     source     str ("world", "sa1b", "hypersim", "tartanair", ...)
-    depth_kind "metric" | "scale" | "affine": what ``depth`` is known up to
+    depth_kind "metric" | "scale" | "affine" | "affine_disparity": what ``depth`` is known up
+               to; for "affine_disparity" (relative Depth Anything / DPT teachers) the ``depth``
+               field holds the teacher's disparity (see fin3r.teachers.base)
 
 A multi-view (replay) sample has the same keys with a leading ``S`` axis (``img (S, 3, H, W)``);
 the default collate batches both to ``(B, ...)`` / ``(B, S, ...)``. Extra keys (``normals``,
@@ -44,7 +46,7 @@ __all__ = [
     "crop_box_for",
 ]
 
-DEPTH_KINDS = ("metric", "scale", "affine")
+DEPTH_KINDS = ("metric", "scale", "affine", "affine_disparity")
 _IMAGE_KEYS = ("img",)
 _PIXEL_KEYS = ("depth", "valid", "normals", "mask")  # per-pixel fields resampled by nearest
 

@@ -49,6 +49,8 @@ __all__ = [
     "world_key",
     "render_from_key",
     "scene_seed_for",
+    "save_world_image",
+    "read_world_key",
     "WorldMonoDataset",
     "WorldViewsDataset",
 ]
@@ -858,6 +860,32 @@ def render_from_key(key: str, shadows: bool = True) -> dict[str, Tensor]:
     K = torch.eye(3)
     K[:2] = torch.tensor(k["K"], dtype=torch.float32).reshape(2, 3)
     return render_view(make_scene(k["scene_seed"]), T, K, k["height"], k["width"], shadows)
+
+
+WORLD_KEY_PNG_CHUNK = "fin3r_world_key"
+
+
+def save_world_image(path, img: Tensor, key: str) -> None:
+    """Write a rendered image (``(H, W, 3)`` or ``(3, H, W)`` in [0, 1]) as an 8-bit PNG carrying its
+    ``world_key`` in a text chunk, so ``fin3r label --teacher oracle`` can label exported world
+    images (the oracle re-renders the ground truth from the key)."""
+    from PIL import Image, PngImagePlugin
+
+    img = torch.as_tensor(img)
+    if img.shape[0] == 3 and img.shape[-1] != 3:
+        img = img.permute(1, 2, 0)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(WORLD_KEY_PNG_CHUNK, key)
+    arr = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    Image.fromarray(arr).save(path, pnginfo=info)
+
+
+def read_world_key(path) -> str | None:
+    """The ``world_key`` stored in a PNG by :func:`save_world_image` (None if absent)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return getattr(im, "text", {}).get(WORLD_KEY_PNG_CHUNK)
 
 
 # ----------------------------------------------------------------------------------------------
