@@ -348,3 +348,28 @@ def test_bad_files(tmp_path, monkeypatch):
                                   argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR)))
     with pytest.raises(CheckpointError, match="other shapes.*pose_token"):
         Cut3r.from_official(reshaped)
+
+
+# --- the registry -----------------------------------------------------------------------------------
+def test_registry_builds_saves_and_loads(tmp_path, monkeypatch):
+    from fin3r.models.checkpoints import save_official_pth
+    from fin3r.models.registry import MODEL_CONFIGS, build_model, load_model, save_model
+
+    assert {"cut3r_512_dpt_4_64", "cut3r_224_linear_4", "cut3r_tiny"} <= set(MODEL_CONFIGS)
+    model = build_model("cut3r_tiny_linear").eval()
+    imgs = torch.rand(1, 2, 3, 32, 48)
+    with torch.no_grad():
+        ref = model.predict_views(imgs).pts3d
+    for path in (save_model(model, tmp_path / "m.safetensors"), save_official_pth(model, tmp_path / "m.pth")):
+        loaded = load_model(path)
+        assert isinstance(loaded, Cut3r) and loaded.config_dict() == model.config_dict()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.predict_views(imgs).pts3d, ref, atol=0, rtol=0)
+    fake = _fake_omegaconf(monkeypatch)
+    state, outputs = golden("dpt")
+    path = write_official_pth(tmp_path / "o.pth", state, fake.make({"model": tiny_model_string(CUT3R_TINY)}))
+    for loaded in (load_model(path), load_model("cut3r_tiny", checkpoint=path)):
+        with torch.no_grad():
+            assert max_err(loaded(outputs["s1.imgs"]), outputs, "s1") < OUT_TOL
+    with pytest.raises(CheckpointError, match="differs from the requested"):
+        load_model("cut3r_tiny_linear", checkpoint=path)

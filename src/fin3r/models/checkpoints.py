@@ -251,7 +251,9 @@ def to_fin3r_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
                 out[canonical] = value
             continue
         out[key] = value
-    if any(k.startswith("dec_blocks.") for k in out) and not any(k.startswith("dec_blocks2.") for k in out):
+    two_view = not any(k.startswith("dec_blocks_state.") for k in out)  # CUT3R has one image decoder
+    if two_view and any(k.startswith("dec_blocks.") for k in out) \
+            and not any(k.startswith("dec_blocks2.") for k in out):
         for key in [k for k in out if k.startswith("dec_blocks.")]:
             out["dec_blocks2." + key[len("dec_blocks."):]] = out[key]
     return out
@@ -268,6 +270,8 @@ def official_kwargs(model: torch.nn.Module) -> dict[str, Any]:
 
 def constructor_string(model: torch.nn.Module) -> str:
     """``"AsymmetricCroCo3DStereo(head_type='dpt', ...)"`` for ``args.model`` of an official file."""
+    if hasattr(model, "official_constructor_string"):  # CUT3R: a nested constructor call
+        return model.official_constructor_string()
     family = model.config_dict()["family"]
     names = [c for c, f in OFFICIAL_CLASSES.items() if f == family]
     if not names:

@@ -28,6 +28,7 @@ import inspect
 import math
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,19 @@ def read_cut3r_checkpoint(path: str | os.PathLike) -> tuple[str | None, dict[str
     return name, cut3r_keys(state_dict)
 
 
+def is_cut3r_pth(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a torch zip checkpoint that looks like an official CUT3R file (its pickle
+    names ``ARCroco3DStereo`` or OmegaConf, or it holds ``dec_blocks_state`` weights). Reads only
+    the pickle bytes, unpickles nothing."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            data = zf.read(name) if name is not None else b""
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any(marker in data for marker in (b"ARCroco3DStereo", b"omegaconf.dictconfig", b"dec_blocks_state."))
+
+
 def guess_config_name(state_dict: dict[str, Tensor]) -> str:
     """The released configuration a state_dict without ``args`` most likely is (by its head)."""
     if any(k.startswith("downstream_head.dpt_self.") for k in state_dict):
@@ -259,4 +273,5 @@ def constructor_string(config: dict[str, Any]) -> str:
 
 
 __all__ = ["OMEGACONF_SAFE_GLOBALS", "load_pth", "plain_config", "parse_model_string", "match_known_config",
-           "effective_config", "cut3r_keys", "read_cut3r_checkpoint", "guess_config_name", "constructor_string"]
+           "effective_config", "cut3r_keys", "read_cut3r_checkpoint", "is_cut3r_pth", "guess_config_name",
+           "constructor_string"]

@@ -24,16 +24,18 @@ import torch
 
 from fin3r.errors import CheckpointError
 from fin3r.models.base import Reconstructor
+from fin3r.models.cut3r import CUT3R_CONFIGS
 
 #: family name -> "module:Class"
 FAMILIES: dict[str, str] = {
     "dust3r": "fin3r.models.dust3r:Dust3r",
     "mast3r": "fin3r.models.mast3r:Mast3r",
     "vggt": "fin3r.models.vggt:Vggt",
+    "cut3r": "fin3r.models.cut3r:Cut3r",
 }
 #: families whose classes read official files themselves, ``cls.from_official(path, config=kwargs)``
 #: (VGGT: its files carry no architecture, and a track head that is not built)
-OWN_OFFICIAL_LOADERS: set[str] = {"vggt"}
+OWN_OFFICIAL_LOADERS: set[str] = {"vggt", "cut3r"}  # CUT3R: OmegaConf args, nested constructor string
 
 inf = math.inf
 _CROCO_LARGE = dict(enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12,
@@ -75,6 +77,9 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
                       dpt_features=8, dpt_out_channels=[4, 8, 16, 16], dpt_layers=[0, 1, 2, 3],
                       camera_trunk_depth=2, camera_num_heads=2),
 }
+# CUT3R: the released final (512 DPT) and intermediate (224 linear) models, and the tiny test configs
+# (= the golden fixtures' architectures); the configs live in fin3r.models.cut3r.CUT3R_CONFIGS
+MODEL_CONFIGS.update({name: dict(family="cut3r", **config) for name, config in CUT3R_CONFIGS.items()})
 
 
 def family_class(family: str) -> type[Reconstructor]:
@@ -199,6 +204,11 @@ def load_model(name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | 
 
         if is_vggt_hf_folder(name):  # official VGGT folder: its config.json has no architecture family
             return Vggt.from_official(name).to(device).eval()
+        from fin3r.models.cut3r import Cut3r
+        from fin3r.models.cut3r_checkpoint import is_cut3r_pth
+
+        if is_cut3r_pth(name):  # official CUT3R .pth: OmegaConf args, nested constructor string
+            return Cut3r.from_official(name).to(device).eval()
     if name in MODEL_CONFIGS:
         model = build_model(name)
         if checkpoint is not None:
