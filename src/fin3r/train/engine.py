@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -235,22 +236,41 @@ def _normalise_batch_keys(batch: Any) -> tuple[str, list[int]]:
     return next(iter(sources)), [int(i) for _, i in batch]
 
 
+def replay_sources(datasets: dict[str, Any]) -> list[str]:
+    """The replay sources of ``datasets``: every key but ``mono`` and ``heldout`` whose data set is
+    not ``None`` (``replay`` for the synthetic world; e.g. ``hypersim``, ``tartanair``)."""
+    return sorted(k for k, v in datasets.items() if k not in ("mono", "heldout") and v is not None)
+
+
 def make_sampler(datasets: dict[str, Any], config: TrainConfig, ctx: _Dist):
-    """The mixture sampler over ``mono`` and ``replay`` (``fin3r.data.mixture.MixtureSampler``)."""
+    """The mixture sampler (``fin3r.data.mixture.MixtureSampler``): ``data.mono_per_epoch`` mono
+    samples and ``data.replay_per_epoch`` samples of each replay source per epoch."""
     from fin3r.data.mixture import MixtureSampler
 
     sizes = {"mono": len(datasets["mono"])}
     counts = {"mono": config.data.mono_per_epoch}
-    if datasets.get("replay") is not None and config.data.replay_per_epoch > 0:
-        sizes["replay"] = len(datasets["replay"])
-        counts["replay"] = config.data.replay_per_epoch
+    for name in replay_sources(datasets):
+        if config.data.replay_per_epoch > 0:
+            sizes[name] = len(datasets[name])
+            counts[name] = config.data.replay_per_epoch
     return MixtureSampler(sizes, counts, config.data.batch_size, config.seed, rank=ctx.rank, world_size=ctx.world_size)
 
 
-def epoch_plan(sampler: Any, epoch: int) -> list[tuple[str, list[int]]]:
-    """The batches of ``epoch`` in order: ``[(source, indices), ...]`` (deterministic)."""
+def epoch_plan(sampler: Any, epoch: int, ctx: _Dist | None = None) -> list[tuple[str, list[int]]]:
+    """The batches of ``epoch`` in order: ``[(source, indices), ...]`` (deterministic). When
+    distributed, every rank keeps the same number of batches (the smallest share), so the ranks
+    take the same number of optimizer steps."""
     sampler.set_epoch(epoch)
-    return [_normalise_batch_keys(b) for b in sampler]
+    plan = [_normalise_batch_keys(b) for b in sampler]
+    if ctx is not None and ctx.world_size > 1:
+        import torch.distributed as dist
+
+        n = torch.tensor([len(plan)], dtype=torch.int64)
+        if dist.get_backend() == "nccl":
+            n = n.cuda()
+        dist.all_reduce(n, op=dist.ReduceOp.MIN)
+        plan = plan[: int(n.item())]
+    return plan
 
 
 class _LossModule(nn.Module):
@@ -313,22 +333,13 @@ class _Prefetcher:
             return
         from torch.utils.data import DataLoader
 
-        keyed = _KeyedDataset(self.datasets)
+        from fin3r.data.mixture import MixtureDataset
+
+        keyed = MixtureDataset({k: v for k, v in self.datasets.items() if k != "heldout" and v is not None})
         loader = DataLoader(keyed, batch_sampler=[[(s, i) for i in idx] for s, idx in self.plan],
                             num_workers=self.num_workers, collate_fn=collate, persistent_workers=False)
         for (source, _), batch in zip(self.plan, loader):
             yield source, batch
-
-
-class _KeyedDataset(torch.utils.data.Dataset):
-    def __init__(self, datasets: dict[str, Any]):
-        self.datasets = datasets
-
-    def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
-        return self.datasets[key[0]][key[1]]
-
-    def __len__(self) -> int:
-        return sum(len(d) for d in self.datasets.values() if d is not None and hasattr(d, "__len__"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,7 +412,7 @@ def train(
 
         # --- data plan and schedule -------------------------------------------------------------
         sampler = make_sampler(datasets, config, ctx)
-        plan = epoch_plan(sampler, 0)
+        plan = epoch_plan(sampler, 0, ctx)
         if not plan:
             raise Fin3rError("the data mixture yields no batch per epoch (check data.*_per_epoch and batch_size)")
         accum = max(1, config.optim.accum_steps)
@@ -459,6 +470,9 @@ def train(
                     "skipped": skipped, "nonfinite_streak": streak,
                     "history": history, "base_feature_norm": base_norms,
                     "rng": rngs, "config": to_dict(config),
+                    # informational (the engine resumes from epoch/batch_in_epoch above)
+                    "sampler": {**sampler.state_dict(consumed_samples=next_batch * config.data.batch_size),
+                                "epoch": next_epoch},
                 })
 
         metrics = MetricsLogger(out_dir, enabled=ctx.main, tensorboard=config.tensorboard)
@@ -472,7 +486,7 @@ def train(
         t_last, samples_since = time.perf_counter(), 0
         done = step >= total_steps
         while epoch < config.optim.epochs and not done:
-            plan = epoch_plan(sampler, epoch)
+            plan = epoch_plan(sampler, epoch, ctx)
             ep_sums: dict[str, float] = {}
             ep_counts: dict[str, int] = {}
             window: list[tuple[str, dict[str, Any]]] = []
@@ -519,14 +533,16 @@ def train(
                     skipped += 1
                     streak += 1
                     if ctx.main:
-                        log.warning("step %d: non-finite loss or gradient, skipped (%d in a row)", step, streak)
+                        log.warning("step %d: non-finite loss or gradient, skipped (%d in a row)", step + 1, streak)
                     if streak >= config.max_nonfinite:
                         raise TrainingDiverged(
-                            f"training diverged: {streak} non-finite losses/gradients in a row at step {step} "
+                            f"training diverged: {streak} non-finite losses/gradients in a row at step {step + 1} "
                             f"(epoch {epoch}); lower optim.lr, check the data, or raise max_nonfinite"
                         )
                 lr_now = optimizer.param_groups[0]["lr"]
-                scheduler.step()
+                with warnings.catch_warnings():  # a skipped first step warns "scheduler before optimizer"
+                    warnings.simplefilter("ignore", UserWarning)
+                    scheduler.step()
                 step += 1
                 samples_since += n_samples * ctx.world_size
                 if ctx.main:
