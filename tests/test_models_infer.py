@@ -1,0 +1,115 @@
+"""`fin3r infer` end to end on a tiny model file: files written, values that read back, adapters,
+multi-view pairs, bad inputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fin3r.cli import main
+from fin3r.errors import InputError
+from fin3r.infer import (
+    list_images, prepare_image, read_depth_png16, read_ply, run_inference, target_size, write_depth_png16,
+)
+from fin3r.models.registry import build_model, load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_model(build_model("dust3r_tiny").eval(), tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(folder / "a_land.png")
+    Image.fromarray(rng.integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(folder / "b_port.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_target_size_and_prepare(images):
+    assert target_size(60, 90, 64, 16) == ((43, 64), (32, 64))
+    im = prepare_image(images / "b_port.jpg", long_side=64, multiple=16)
+    assert im.img.shape == (3, 64, 32) and im.rgb.shape == (64, 32, 3)
+    assert float(im.img.min()) >= 0 and float(im.img.max()) <= 1
+    assert [p.name for p in list_images(images)] == ["a_land.png", "b_port.jpg"]
+
+
+def test_cli_mono_writes_all_outputs(images, model_file, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["infer", str(images), "--model", str(model_file), "--out", str(out), "--size", "64", "--npy",
+               "--no-progress"])
+    assert rc == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [e["size"] for e in summary["images"]] == [[32, 64], [64, 32]]
+    model = load_model(model_file)
+    for stem, hw in (("a_land", (32, 64)), ("b_port", (64, 32))):
+        for suffix in ("_depth.png", "_depth_color.png", "_conf.png", "_conf.npy", "_depth.npy", ".ply"):
+            assert (out / f"{stem}{suffix}").is_file(), suffix
+        img = prepare_image(next(images.glob(stem + ".*")), 64, 16)
+        with torch.no_grad():
+            pred = model.predict_mono(img.img[None])
+        depth = np.load(out / f"{stem}_depth.npy")
+        assert depth.shape == hw and np.allclose(depth, pred.depth[0].numpy(), atol=1e-6)
+        png = read_depth_png16(out / f"{stem}_depth.png")
+        assert np.allclose(png, depth, atol=depth.max() / 65535)
+        conf = np.load(out / f"{stem}_conf.npy")
+        assert np.allclose(conf, pred.conf[0].numpy(), atol=1e-6)
+        pts, rgb = read_ply(out / f"{stem}.ply")
+        assert pts.shape == (hw[0] * hw[1], 3) and np.allclose(pts, pred.pts3d[0].reshape(-1, 3).numpy(), atol=1e-6)
+        assert np.array_equal(rgb, img.rgb.reshape(-1, 3))
+        with Image.open(out / f"{stem}_depth.png") as im:
+            assert im.mode.startswith("I") and im.size == (hw[1], hw[0])
+
+
+def test_cli_with_adapter_changes_the_prediction(images, model_file, tmp_path):
+    from fin3r.lora import inject_lora, save_adapter
+
+    model = load_model(model_file)
+    inject_lora(model, model.encoder_linear_names(), rank=2, mode="weight_row")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora" in name.lower():
+                p.normal_(0, 0.2)
+    save_adapter(model, tmp_path / "adapter.safetensors")
+    out_plain, out_lora = tmp_path / "plain", tmp_path / "lora"
+    common = ["--model", str(model_file), "--size", "64", "--npy", "--no-progress"]
+    assert main(["infer", str(images / "a_land.png"), "--out", str(out_plain), *common]) == 0
+    assert main(["infer", str(images / "a_land.png"), "--out", str(out_lora), "--adapter",
+                 str(tmp_path / "adapter.safetensors"), *common]) == 0
+    lora_depth = np.load(out_lora / "a_land_depth.npy")
+    assert not np.allclose(np.load(out_plain / "a_land_depth.npy"), lora_depth, atol=1e-4)
+    with torch.no_grad():
+        ref = model.eval().predict_mono(prepare_image(images / "a_land.png", 64, 16).img[None]).depth[0].numpy()
+    assert np.allclose(lora_depth, ref, atol=1e-5)
+
+
+def test_views_pair_and_errors(images, model_file, tmp_path):
+    model = load_model(model_file)
+    files = list_images(images)
+    summary = run_inference(model, files, tmp_path / "pair", long_side=64, views=True, progress=False)
+    assert summary["cameras"] is None and (tmp_path / "pair" / "scene.ply").is_file()
+    assert (tmp_path / "pair" / "a_land_depth.png").is_file() and not (tmp_path / "pair" / "b_port_depth.png").exists()
+    pts, _ = read_ply(tmp_path / "pair" / "scene.ply")
+    assert len(pts) == 2 * 32 * 64
+    with pytest.raises(InputError, match="S = 2"):
+        run_inference(model, files + files[:1], tmp_path / "triple", long_side=64, views=True, progress=False)
+    with pytest.raises(InputError, match="no such file"):
+        list_images(tmp_path / "missing")
+    with pytest.raises(InputError, match="cannot read"):
+        prepare_image(images / "notes.txt")
+    assert main(["infer", str(tmp_path / "missing"), "--model", str(model_file)]) != 0
+
+
+def test_depth_png16_invalid_pixels(tmp_path):
+    depth = np.array([[0.0, 1.0], [np.nan, 4.0]])
+    scale = write_depth_png16(tmp_path / "d.png", depth)
+    back = read_depth_png16(tmp_path / "d.png")
+    assert scale == pytest.approx(4.0 / 65535)
+    assert back[0, 0] == 0 and back[1, 0] == 0 and back[1, 1] == pytest.approx(4.0, rel=1e-6)
