@@ -232,3 +232,16 @@ def test_ddp_two_processes_end_with_identical_adapters(tmp_path):
         assert torch.equal(r0[k], r1[k]), k
     assert any(float(v.abs().max()) > 0 for k, v in r0.items() if k.endswith("lora_B"))
     assert (tmp_path / "adapter.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name,size,views", [("mast3r_tiny", (32, 48), 2), ("cut3r_tiny", (32, 48), 3),
+                                             ("vggt_tiny", (28, 42), 3)])
+def test_every_family_trains(tmp_path, name, size, views):
+    cfg = tiny_config(tmp_path, f"model.name={name}", f"data.height={size[0]}", f"data.width={size[1]}",
+                      f"data.num_views={views}", "data.mono_per_epoch=4", "data.replay_per_epoch=4",
+                      "lora.targets=[qkv]", "optim.epochs=1")
+    result = train(cfg)
+    record = result.history[-1]
+    assert result.steps == 2 and result.skipped_steps == 0
+    assert record["loss_mono"] != 0.0 and record["loss_replay"] != 0.0
+    assert all(k.startswith(result.model.encoder_prefixes) for k in _adapter_tensors(result.adapter_path))

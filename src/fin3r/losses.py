@@ -51,7 +51,6 @@ from fin3r.geometry import (
     align_scale,
     align_scale_shift,
     depth_to_points,
-    invert_rigid,
     matrix_to_quaternion,
     relative_pose,
     transform_points,
@@ -145,8 +144,9 @@ def distillation_loss(
     conf = _fp32(conf)
     target = _fp32(teacher_depth.detach()).to(depth.dtype)
     student = depth
-    finite_student = torch.isfinite(depth) & (depth > 0)
-    if depth_kind == "affine_disparity":
+    finite_student = torch.isfinite(depth)
+    if depth_kind == "affine_disparity":  # 1/D: only positive depths have a disparity
+        finite_student = finite_student & (depth > 0)
         student = 1.0 / depth.clamp_min(1e-6)
         valid = teacher_mask.bool() & torch.isfinite(target) & (target >= 0) & finite_student
     else:
@@ -300,7 +300,7 @@ def dust3r_conf_regr3d_loss(
             "conf": float(conf[valid].mean()) if valid.any() else 0.0,
         }
         for v, term in enumerate(per_view):
-            stats[f"view{v}"] = float(term)
+            stats[f"view{v}"] = float(term.detach())
     return total, stats
 
 
@@ -373,11 +373,11 @@ def cut3r_replay_loss(pred: Any, gt: dict[str, Tensor], metric: Tensor, alpha: f
                 cv = c[:, v].float()[m]
                 terms.append((cv * dist[:, v][m] - alpha * torch.log(cv)).mean())
     loss = 2 * torch.stack(terms).mean() if terms else pred.pts3d.sum() * 0.0
-    stats = {"pointmap": float(loss)}
+    stats = {"pointmap": float(loss.detach())}
     if pred.cam2world is not None:
         pose = _pose_loss(pred.cam2world.float(), gt["rel_pose"], pred_factor, gt_factor)
         loss = loss + pose
-        stats["pose"] = float(pose)
+        stats["pose"] = float(pose.detach())
     return loss, stats
 
 
@@ -428,14 +428,24 @@ def _vggt_gradient_loss(pred: Tensor, gt: Tensor, conf: Tensor, valid: Tensor, a
     return total / scales
 
 
-def _camera_encoding(rel_pose: Tensor, intrinsics: Tensor, height: int, width: int) -> Tensor:
-    """VGGT ``absT_quaR_FoV`` of ``camera -> view 0`` poses: world-to-camera translation (3),
-    quaternion wxyz (4) and vertical / horizontal field of view (2), ``(..., 9)``."""
-    w2c = invert_rigid(rel_pose)
-    quat = matrix_to_quaternion(w2c[..., :3, :3])
-    fov_h = 2 * torch.atan(height / 2 / intrinsics[..., 1, 1])
-    fov_w = 2 * torch.atan(width / 2 / intrinsics[..., 0, 0])
-    return torch.cat([w2c[..., :3, 3], quat, fov_h[..., None], fov_w[..., None]], dim=-1)
+def _vggt_camera_loss(pred: Any, rel_gt: Tensor, K: Tensor, height: int, width: int, gamma: float = 0.6) -> Tensor:
+    """VGGT ``camera_loss``: L1 on the pose encoding ``absT_quaR_FoV`` (translation 3, quaternion
+    xyzw 4, field of view 2) with weights T 1, R 1, FoV 0.5, each clamped at 100, averaged over the
+    camera head's refinement stages with weights ``gamma^(n - 1 - i) / n`` (the last stage counts
+    most). ``rel_gt (B, S, 4, 4)``: camera v -> view 0 poses, translations already normalised."""
+    from fin3r.models.layers.camera_head import cameras_to_pose_encoding
+
+    enc_gt = cameras_to_pose_encoding(rel_gt, K, (height, width))
+    stages = pred.extras.get("pose_enc_list")
+    if stages is None:  # a model that reports only cameras: encode its final prediction
+        stages = [cameras_to_pose_encoding(pred.cam2world.float(), pred.intrinsics.float(), (height, width))]
+    n = len(stages)
+    total = enc_gt.new_zeros(())
+    for i, enc in enumerate(stages):
+        diff = torch.nan_to_num((enc.float() - enc_gt).abs(), nan=0.0, posinf=100.0).clamp_max(100.0)
+        term = diff[..., :3].mean() + diff[..., 3:7].mean() + 0.5 * diff[..., 7:].mean()
+        total = total + gamma ** (n - 1 - i) * term
+    return total / n
 
 
 def vggt_replay_loss(
@@ -454,9 +464,8 @@ def vggt_replay_loss(
 
     ``L = camera_weight · L_cam + (L_conf + L_reg + L_grad)_depth + (L_conf + L_reg + L_grad)_point``.
 
-    Simplifications (said plainly): the camera term uses only the final pose prediction (the
-    official averages 4 refinement stages with decay 0.6) and its translation clamp is omitted;
-    the point gradient term is the same multi-scale difference term as for depth (official:
+    The camera term reads ``pred.extras["pose_enc_list"]`` (every refinement stage) when the model
+    gives it. Simplifications (said plainly): the point gradient term is the same multi-scale difference term as for depth (official:
     a normal-consistency term); no per-batch "< 100 valid pixels" early exit.
     """
     valid = gt["valid"]
@@ -475,22 +484,19 @@ def vggt_replay_loss(
         conf_term, reg = _vggt_conf_regression(d_pred, depth_gt, d_conf, valid, alpha, valid_range)
         grad = _vggt_gradient_loss(flat(d_pred), flat(depth_gt), flat(d_conf), flat(valid), alpha)
         loss = loss + conf_term + reg + grad
-        stats.update(depth_conf=float(conf_term), depth_reg=float(reg), depth_grad=float(grad))
+        stats.update(depth_conf=float(conf_term.detach()), depth_reg=float(reg.detach()), depth_grad=float(grad.detach()))
     p_pred = pred.pts3d.float()
     conf_term, reg = _vggt_conf_regression(p_pred, pts_n, pred.conf.float(), valid, alpha, valid_range)
     grad = _vggt_gradient_loss(flat(p_pred), flat(pts_n), flat(pred.conf.float()), flat(valid), alpha)
     loss = loss + conf_term + reg + grad
-    stats.update(point_conf=float(conf_term), point_reg=float(reg), point_grad=float(grad))
-    if pred.cam2world is not None and pred.intrinsics is not None:
+    stats.update(point_conf=float(conf_term.detach()), point_reg=float(reg.detach()), point_grad=float(grad.detach()))
+    if (pred.cam2world is not None and pred.intrinsics is not None) or "pose_enc_list" in pred.extras:
         h, w = valid.shape[-2:]
         rel_gt = gt["rel_pose"].clone()
         rel_gt[..., :3, 3] = rel_gt[..., :3, 3] / avg_scale.view(-1, 1, 1)
-        enc_gt = _camera_encoding(rel_gt, K.float(), h, w)
-        enc_pred = _camera_encoding(pred.cam2world.float(), pred.intrinsics.float(), h, w)
-        diff = (enc_pred - enc_gt).abs()
-        cam = diff[..., :3].mean() + diff[..., 3:7].mean() + 0.5 * diff[..., 7:].mean()
+        cam = _vggt_camera_loss(pred, rel_gt, K.float(), h, w)
         loss = loss + camera_weight * cam
-        stats["camera"] = float(cam)
+        stats["camera"] = float(cam.detach())
     return loss, stats
 
 
