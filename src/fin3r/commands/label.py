@@ -5,15 +5,151 @@ from __future__ import annotations
 import argparse
 
 HELP = "run a monocular teacher once per image and cache its depth labels"
-DESCRIPTION = """Pseudo-label cache: runs a teacher (moge, hf:<folder>, oracle) on a folder or tar shards of
-images and stores depth, mask and a sidecar JSON per image. Sharded and resumable."""
+DESCRIPTION = """Pseudo-label cache: runs a teacher once per image of folders and/or tar shards (SA-1B's
+sa_*.tar) and stores, per image key <source>/<name>:
+
+  <key>.depth.png   16-bit log-encoded depth (MoGe's convention; --format npy: float16 .npy)
+  <key>.mask.png    where the teacher's label is defined
+  <key>.json        teacher name/version, depth_kind, resolution, encoding range, image path
+
+Teachers: moge:<model.pt> (MoGe-1: depth up to scale; MoGe-2: metric), hf:<folder> (a local
+transformers depth model; relative Depth Anything / DPT outputs are stored as disparity with
+depth_kind affine_disparity), oracle[:noise=..,blur=..,pool=..] (ground truth of images exported
+from fin3r's synthetic world -- NOT a model; the label says so).
+
+Sharded: --shard i/n takes every n-th image starting at i (run n of these on n machines or GPUs
+into the same --out). Resumable: images with a finished label are skipped; every file is written
+atomically (sidecar last). Corrupt, truncated or unreadable images are skipped and listed at the
+end and in <out>/label_report_<i>of<n>.json; --strict stops at the first one instead.
+
+examples:
+  fin3r label --teacher moge:checkpoints/moge-vitl/model.pt --images sa1b/sa_000000.tar --out labels/
+  fin3r label --teacher hf:models/depth-anything-v2-small --images photos/ --out labels/ --shard 0/4
+  fin3r label --teacher oracle --images world_images/ --out labels/"""
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n")
+    return i, n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--teacher", required=True, help="moge:<model.pt> | hf:<folder>[#kind=..,size=HxW] | oracle[:opts]")
+    parser.add_argument("--images", required=True, nargs="+", metavar="DIR|TAR",
+                        help="image folders (searched recursively), .tar shards or image files")
+    parser.add_argument("--out", required=True, help="the label cache folder")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n", help="label only shard i of n (default 0/1)")
+    parser.add_argument("--format", choices=("png", "npy"), default="png",
+                        help="png: 16-bit log-encoded (default, ~1e-4 relative precision); npy: float16")
+    parser.add_argument("--max-size", type=int, default=1024,
+                        help="images are shrunk so their long side is at most this before labelling; labels are "
+                             "stored at that working resolution (default 1024; 0 = never resize)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per teacher call (same-size images only)")
+    parser.add_argument("--device", default="cpu", help="torch device of the teacher (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fin3r.errors import Fin3rError
+    import io
+    import json
+    import sys
+    import time
+    from pathlib import Path
 
-    raise Fin3rError("`fin3r label` is not implemented yet")
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from fin3r.data.labels import label_done, write_label
+    from fin3r.data.sa1b import BadImage, ImageReader, list_images
+    from fin3r.errors import Fin3rError, InputError
+    from fin3r.teachers import load_teacher
+
+    i, n = args.shard
+    out = Path(args.out)
+    teacher = load_teacher(args.teacher, device=args.device)
+    refs = list_images(args.images)[i::n]
+    todo = [r for r in refs if not label_done(out, r.key)]
+    done_before = len(refs) - len(todo)
+    reader = ImageReader()
+    bad: list[dict[str, str]] = []
+    labelled = 0
+    t0 = time.time()
+
+    def fail(ref, err):
+        if args.strict:
+            raise Fin3rError(f"bad input (--strict): {err}")
+        bad.append({"image": ref.describe(), "error": str(err)})
+
+    def flush(batch):
+        nonlocal labelled
+        if not batch:
+            return
+        imgs = torch.stack([b[1] for b in batch])
+        kwargs = {}
+        if teacher.needs_ground_truth:
+            kwargs["keys"] = [b[2] for b in batch]
+        try:
+            pred = teacher.predict(imgs, **kwargs)
+        except InputError as e:
+            for ref, *_ in batch:
+                fail(ref, f"{ref.describe()}: {e}")
+            return
+        for b, (ref, _, _, orig_hw) in enumerate(batch):
+            meta = dict(teacher.metadata())
+            meta.update(image=ref.describe(), image_size=list(orig_hw), source_shard=f"{i}/{n}")
+            if "intrinsics" in pred.extras:
+                meta["intrinsics"] = pred.extras["intrinsics"][b].tolist()
+            write_label(out, ref.key, pred.depth[b], pred.mask[b], meta, fmt=args.format)
+            labelled += 1
+
+    batch: list = []
+    print(f"fin3r label: teacher {teacher.name} ({teacher.depth_kind}), shard {i}/{n}: {len(refs)} images, "
+          f"{done_before} already labelled, {len(todo)} to do -> {out}", file=sys.stderr)
+    for ref in tqdm(todo, desc=f"label {i}/{n}", unit="img", dynamic_ncols=True):
+        try:
+            arr = reader.read(ref)
+        except BadImage as e:
+            fail(ref, e)
+            continue
+        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+        H, W = x.shape[-2:]
+        key = None
+        if teacher.needs_ground_truth:
+            from PIL import Image
+
+            from fin3r.data.world import WORLD_KEY_PNG_CHUNK
+
+            with Image.open(io.BytesIO(reader.read_bytes(ref))) as im:
+                key = getattr(im, "text", {}).get(WORLD_KEY_PNG_CHUNK)
+            if key is None:
+                fail(ref, f"{ref.describe()}: the oracle teacher labels only images exported from the synthetic "
+                          "world (PNG with a fin3r_world_key chunk)")
+                continue
+        elif args.max_size and max(H, W) > args.max_size:
+            s = args.max_size / max(H, W)
+            x = F.interpolate(x[None], size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
+                              align_corners=False, antialias=True)[0].clamp(0, 1)
+        if batch and (len(batch) >= args.batch_size or batch[0][1].shape != x.shape):
+            flush(batch)
+            batch = []
+        batch.append((ref, x, key, (H, W)))
+    flush(batch)
+    reader.close()
+
+    report = {"teacher": teacher.metadata(), "shard": f"{i}/{n}", "images": len(refs), "labelled": labelled,
+              "already_labelled": done_before, "bad": bad, "seconds": round(time.time() - t0, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"label_report_{i}of{n}.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"fin3r label: {labelled} labelled, {done_before} skipped (already labelled), {len(bad)} bad "
+          f"in {report['seconds']} s", file=sys.stderr)
+    for b in bad[:20]:
+        print(f"  bad: {b['error']}", file=sys.stderr)
+    if len(bad) > 20:
+        print(f"  ... and {len(bad) - 20} more (see {out / f'label_report_{i}of{n}.json'})", file=sys.stderr)
+    return 0
