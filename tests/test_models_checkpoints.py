@@ -156,3 +156,13 @@ def test_shape_mismatch_is_clear(tmp_path, tiny):
     torch.save({"model": sd, "args": argparse.Namespace(model=ckpt.constructor_string(tiny))}, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="enc_norm.weight"):
         load_model(tmp_path / "x.pth")
+
+
+def test_from_official_checks_the_family(tmp_path, tiny):
+    from fin3r.models.dust3r import Dust3r
+    from fin3r.models.mast3r import Mast3r
+
+    path = ckpt.save_official_pth(tiny, tmp_path / "d.pth")
+    assert _same_outputs(Dust3r.from_official(path), tiny)
+    with pytest.raises(CheckpointError, match="not a Mast3r"):
+        Mast3r.from_official(path)

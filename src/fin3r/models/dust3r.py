@@ -15,13 +15,14 @@ The point scale is arbitrary (training normalised it by the mean distance).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fin3r.errors import InputError
+from fin3r.errors import CheckpointError, InputError
 from fin3r.models.base import MonoPrediction, ViewsPrediction
 from fin3r.models.croco import CroCoStereo
 from fin3r.models.layers.activations import reg_dense_conf, reg_dense_depth
@@ -163,6 +164,16 @@ class Dust3r(CroCoStereo):
         return ViewsPrediction(pts3d=pts3d, conf=conf)
 
     # --- checkpoints --------------------------------------------------------------------------
+    @classmethod
+    def from_official(cls, path: str | os.PathLike) -> Dust3r:
+        """Load an official ``.pth`` / Hugging Face folder (or a fin3r file) of this family, in eval mode."""
+        from fin3r.models.registry import load_model
+
+        model = load_model(path)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
     def config_dict(self) -> dict[str, Any]:
         return {"family": self.family, **self._config}
 
