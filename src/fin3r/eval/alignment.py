@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 
-def alignment_sample_index(mask: Tensor, size: tuple[int, int] = (64, 64)) -> tuple[Tensor, Tensor]:
+def alignment_sample_index(
+    mask: Tensor, size: tuple[int, int] = (64, 64), numpy_centres: bool = False
+) -> tuple[Tensor, Tensor]:
     """Mask-aware nearest down-sampling of the valid pixels (the sample MoGe fits alignments on).
 
     Each of the ``size`` target cells covers a window of ``ceil(H / h) x ceil(W / w)`` source
@@ -47,6 +49,9 @@ def alignment_sample_index(mask: Tensor, size: tuple[int, int] = (64, 64)) -> tu
     Args:
         mask: ``(H, W)`` bool, the valid ground-truth pixels.
         size: ``(h, w)`` of the sample grid.
+        numpy_centres: compute the float32 cell centres with NumPy (as MoGe's data loader does
+            when it resizes depth) instead of torch (as its metrics do); they differ in the last
+            bit, which moves a few window starts that sit on a rounding boundary.
 
     Returns:
         ``(sample_mask (h, w) bool, sample_index (h, w) long)``: whether the cell found a valid
@@ -59,10 +64,17 @@ def alignment_sample_index(mask: Tensor, size: tuple[int, int] = (64, 64)) -> tu
     fh, fw = max(1.0, height / th), max(1.0, width / tw)
     kh, kw = math.ceil(fh), math.ceil(fw)
     # cell centres in pixel units (pixel (r, c) covers [c, c + 1) x [r, r + 1))
-    cu = torch.linspace(0.5 / tw, 1 - 0.5 / tw, tw, dtype=torch.float32, device=dev) * width
-    cv = torch.linspace(0.5 / th, 1 - 0.5 / th, th, dtype=torch.float32, device=dev) * height
-    c0 = torch.round(cu - fw / 2).long()  # (tw,) first source column of each window
-    r0 = torch.round(cv - fh / 2).long()  # (th,)
+    if numpy_centres:
+        cu_np = np.linspace(0.5 / tw, 1 - 0.5 / tw, tw, dtype=np.float32) * np.float32(width)
+        cv_np = np.linspace(0.5 / th, 1 - 0.5 / th, th, dtype=np.float32) * np.float32(height)
+        c0 = torch.from_numpy(np.round(cu_np - np.float32(fw / 2)).astype(np.int64)).to(dev)
+        r0 = torch.from_numpy(np.round(cv_np - np.float32(fh / 2)).astype(np.int64)).to(dev)
+        cu, cv = torch.from_numpy(cu_np).to(dev), torch.from_numpy(cv_np).to(dev)
+    else:
+        cu = torch.linspace(0.5 / tw, 1 - 0.5 / tw, tw, dtype=torch.float32, device=dev) * width
+        cv = torch.linspace(0.5 / th, 1 - 0.5 / th, th, dtype=torch.float32, device=dev) * height
+        c0 = torch.round(cu - fw / 2).long()  # (tw,) first source column of each window
+        r0 = torch.round(cv - fh / 2).long()  # (th,)
     cols = c0[:, None] + torch.arange(kw, device=dev)  # (tw, kw)
     rows = r0[:, None] + torch.arange(kh, device=dev)  # (th, kh)
     inside_c = (cols >= 0) & (cols < width)

@@ -1,0 +1,90 @@
+"""Feeding evaluation images to a :class:`~fin3r.models.base.Reconstructor` and back.
+
+The protocols resize (never crop) the evaluation image to the model's input and resample the
+prediction back to the ground-truth resolution (``research/evaluation.md`` 1.9, pitfall 6):
+
+- DUSt3R / MASt3R / CUT3R: long side ``512`` (``long_side``), each side floored to a multiple of
+  the patch size (16) -- CUT3R's ``crop=False`` loading;
+- VGGT: width ``518``, height ``round(H * 518 / W / 14) * 14`` (its ``load_fn``).
+
+Predictions are resized back with bilinear interpolation (MoGe's baselines).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["model_input_size", "resize_image", "resize_map", "mono_predictor", "MonoPredictor"]
+
+#: image (3, H, W) in [0, 1] -> dict of MoGe-keyed maps at (H, W)
+MonoPredictor = Callable[[Tensor], dict[str, Tensor]]
+
+
+def model_input_size(height: int, width: int, family: str, patch: int, long_side: int | None = None) -> tuple[int, int]:
+    """``(h, w)`` the model sees for an ``height x width`` evaluation image (see module doc)."""
+    if family == "vggt":
+        w = long_side or 518
+        h = max(patch, round(height * w / width / patch) * patch)
+        return h, w
+    long_side = long_side or 512
+    s = long_side / max(height, width)
+    h = max(patch, math.floor(height * s / patch) * patch)
+    w = max(patch, math.floor(width * s / patch) * patch)
+    return h, w
+
+
+def resize_image(img: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(B, 3, H, W)`` -> ``(B, 3, h, w)``, antialiased bicubic (clamped to [0, 1]); identity if equal."""
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    return F.interpolate(img, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def resize_map(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``(B, h, w)`` or ``(B, h, w, C)`` maps to ``size``."""
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    if x.ndim == 3:
+        return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    y = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+    return y.permute(0, 2, 3, 1)
+
+
+def mono_predictor(
+    model,
+    long_side: int | None = None,
+    metric: bool | None = None,
+    points: bool = False,
+    device: torch.device | str | None = None,
+) -> MonoPredictor:
+    """Wrap a Reconstructor into ``predict(image (3, H, W)) -> {MoGe key: map (H, W[, 3])}``.
+
+    The depth is the z of the model's own-view point map (``MonoPrediction.depth``), reported as
+    ``depth_scale_invariant`` -- and as ``depth_metric`` too when ``metric`` (default: MASt3R,
+    whose metric head predicts metres). ``points=True`` adds ``points_scale_invariant``.
+    """
+    family = getattr(model, "family", "")
+    patch = int(getattr(model, "patch_size", 16))
+    is_metric = (family == "mast3r") if metric is None else metric
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+
+    @torch.no_grad()
+    def predict(image: Tensor) -> dict[str, Tensor]:
+        H, W = image.shape[-2:]
+        size = model_input_size(H, W, family, patch, long_side)
+        x = resize_image(image[None].to(dev, torch.float32), size)
+        pred = model.predict_mono(x)
+        depth = resize_map(pred.depth.float(), (H, W))[0].cpu()
+        out = {"depth_scale_invariant": depth}
+        if is_metric:
+            out["depth_metric"] = depth
+        if points:
+            out["points_scale_invariant"] = resize_map(pred.pts3d.float(), (H, W))[0].cpu()
+        return out
+
+    return predict

@@ -1,0 +1,282 @@
+"""Monocular geometry evaluation on MoGe's benchmarks (the paper's Table 1).
+
+For each benchmark (default: the paper's seven -- NYUv2, KITTI, ETH3D, iBims-1, DDAD, DIODE,
+HAMMER) every instance of its split is loaded at the benchmark's fixed resolution
+(:mod:`fin3r.eval.moge_layout`), the model predicts at its own input size, the prediction is
+resized back, and :func:`~fin3r.eval.mono_scoring.score_mono` scores every alignment variant.
+Figures are averaged per benchmark over images, then over benchmarks (unweighted; each metric over
+the benchmarks that have it), as MoGe does. Instances without a valid GT pixel are excluded and
+counted (``num_excluded``), never scored as 0 or NaN.
+
+Python API (the CLI and the demo call this)::
+
+    from fin3r.eval.monodepth import evaluate_monodepth, MonodepthConfig
+    res = evaluate_monodepth(model, "data/eval", ["NYUv2", "KITTI"], out_dir="eval_out")
+    res["mean"]["depth_scale_invariant"]["rel"]          # mean over benchmarks (fraction)
+    res["benchmarks"]["NYUv2"]["depth_scale_invariant"]  # {"rel", "delta1", ...}
+    res["records"]["NYUv2"][0]                           # one image: name, valid_pixels, metrics
+
+``model`` is a Reconstructor or any ``predict(image (3, H, W)) -> {MoGe key: map}`` callable.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fin3r.errors import InputError
+from fin3r.eval.metrics import key_average
+from fin3r.eval.model_io import MonoPredictor, mono_predictor
+from fin3r.eval.moge_layout import list_instances, load_instance
+from fin3r.eval.mono_scoring import DEPTH_VARIANTS, MonoGT, score_mono
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BenchmarkSpec",
+    "MonodepthConfig",
+    "MOGE_BENCHMARKS",
+    "PAPER_BENCHMARKS",
+    "resolve_benchmark",
+    "evaluate_benchmark",
+    "evaluate_monodepth",
+]
+
+
+@dataclass
+class BenchmarkSpec:
+    """One benchmark of MoGe's layout: folder (relative to the data root), evaluation size, split,
+    ``depth_unit`` (set = metric GT), MoGe's far-depth drop factor, and optionally the model input
+    long side it recommends (used unless ``MonodepthConfig.input_long_side`` is set)."""
+
+    path: str
+    width: int
+    height: int
+    split: str = ".index.txt"
+    depth_unit: float | None = None
+    drop_max_depth: float = 1000.0
+    input_long_side: int | None = None  # recommended model input size (the world export sets it)
+
+
+#: MoGe ``configs/eval/all_benchmarks.json`` (folder names as in its HF data set)
+MOGE_BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "NYUv2": BenchmarkSpec("NYUv2", 640, 480, depth_unit=1.0),
+    "KITTI": BenchmarkSpec("KITTI", 750, 375, depth_unit=1.0),
+    "ETH3D": BenchmarkSpec("ETH3D", 2048, 1365, depth_unit=1.0),
+    "iBims-1": BenchmarkSpec("iBims-1", 640, 480, depth_unit=1.0),
+    "GSO": BenchmarkSpec("GSO", 512, 512),
+    "Sintel": BenchmarkSpec("Sintel", 872, 436),
+    "DDAD": BenchmarkSpec("DDAD", 1400, 700, depth_unit=1.0),
+    "DIODE": BenchmarkSpec("DIODE", 1024, 768, depth_unit=1.0),
+    "Spring": BenchmarkSpec("Spring", 1920, 1080),
+    "HAMMER": BenchmarkSpec("HAMMER", 1664, 832, depth_unit=1.0),
+}
+
+#: the seven metric benchmarks of the paper's Table 1 (research/evaluation.md section 0)
+PAPER_BENCHMARKS = ("NYUv2", "KITTI", "ETH3D", "iBims-1", "DDAD", "DIODE", "HAMMER")
+
+
+@dataclass
+class MonodepthConfig:
+    """``fin3r eval monodepth`` settings (YAML-loadable with ``fin3r.config.load_config``).
+
+    Attributes:
+        benchmarks: benchmark names; ``world`` is the exported synthetic-world benchmark.
+        specs: extra or overriding benchmark specs by name (a benchmark folder may also carry a
+            ``benchmark.json`` with the same fields, as the world export writes).
+        variants: alignment variants to score (see ``fin3r.eval.mono_scoring``).
+        points: also predict point maps and score the ``points_*`` variants (slower: the affine
+            point fit is the most expensive part of the evaluation).
+        full_metrics: also delta2/3, delta103, sq_rel, rmse, log_rmse.
+        input_long_side: model input long side (VGGT: width); default per family (512 / 518).
+        metric: report ``depth_metric`` (default: MASt3R only).
+        max_images: evaluate only the first N instances of each split (quick checks).
+        table_variant: the variant of the Markdown table (the paper's: scale-invariant depth).
+    """
+
+    benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
+    specs: dict[str, BenchmarkSpec] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=lambda: list(DEPTH_VARIANTS))
+    points: bool = False
+    full_metrics: bool = False
+    input_long_side: int | None = None
+    metric: bool | None = None
+    max_images: int | None = None
+    table_variant: str = "depth_scale_invariant"
+
+
+def resolve_benchmark(root: str | Path, name: str, config: MonodepthConfig | None = None) -> tuple[Path, BenchmarkSpec]:
+    """The folder and spec of benchmark ``name`` under ``root``: ``config.specs`` first, then a
+    ``benchmark.json`` in the folder, then MoGe's table."""
+    config = config or MonodepthConfig()
+    spec = config.specs.get(name) or MOGE_BENCHMARKS.get(name)
+    folder = Path(root) / (spec.path if spec else name)
+    meta = folder / "benchmark.json"
+    if meta.is_file():
+        data = json.loads(meta.read_text())
+        base = asdict(spec) if spec else {"path": name}
+        base.update({k: v for k, v in data.items() if k in BenchmarkSpec.__dataclass_fields__})
+        spec = BenchmarkSpec(**base)
+    if spec is None:
+        known = ", ".join(list(MOGE_BENCHMARKS) + ["world"])
+        raise InputError(f"unknown benchmark {name!r} (no {meta}); known: {known}")
+    if not folder.is_dir():
+        raise InputError(f"benchmark {name}: missing folder {folder}")
+    return folder, spec
+
+
+def _predictor(model, config: MonodepthConfig, spec: BenchmarkSpec) -> MonoPredictor:
+    if hasattr(model, "predict_mono"):
+        long_side = config.input_long_side or spec.input_long_side
+        return mono_predictor(model, long_side, config.metric, config.points)
+    if callable(model):
+        return model
+    raise TypeError("model must be a Reconstructor or a callable image -> dict of maps")
+
+
+def _signature(name: str, spec: BenchmarkSpec, config: MonodepthConfig, model_tag: str) -> str:
+    payload = dict(benchmark=name, spec=asdict(spec), variants=sorted(config.variants), points=config.points,
+                   full=config.full_metrics, long_side=config.input_long_side, metric=config.metric,
+                   max_images=config.max_images, model=model_tag)
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(metrics: dict) -> dict[str, float]:
+    return {f"{v}.{k}": x for v, m in metrics.items() for k, x in m.items()}
+
+
+def evaluate_benchmark(
+    predict: MonoPredictor,
+    folder: Path,
+    spec: BenchmarkSpec,
+    name: str,
+    config: MonodepthConfig,
+    progress: bool = True,
+) -> dict:
+    """Evaluate one benchmark: ``{"summary": {...}, "records": [...], "excluded": [...]}``.
+
+    ``summary`` holds the per-variant means plus ``num_images``, ``num_excluded``,
+    ``forward_time_s`` (model + resizes) and ``metric_time_s`` (alignment + metrics)."""
+    from tqdm.auto import tqdm
+
+    names = list_instances(folder, spec.split, benchmark=name)
+    if config.max_images is not None:
+        names = names[: config.max_images]
+    variants = list(config.variants)
+    if config.points:
+        variants += [v for v in ("points_metric", "points_scale_invariant", "points_affine_invariant") if v not in variants]
+    records, excluded = [], []
+    t_fwd = t_met = 0.0
+    for inst_name in tqdm(names, desc=f"monodepth {name}", disable=not progress, leave=False):
+        inst = load_instance(folder, inst_name, spec.width, spec.height, spec.depth_unit, spec.drop_max_depth, name)
+        n_valid = int(inst.mask.sum())
+        if n_valid == 0:
+            excluded.append(inst_name)
+            log.warning("benchmark %s: instance %s has no valid GT pixel; excluded", name, inst_name)
+            continue
+        t0 = time.perf_counter()
+        pred = predict(inst.image)
+        t1 = time.perf_counter()
+        gt = MonoGT(inst.depth, inst.mask, inst.points, inst.is_metric, inst.edge)
+        metrics = score_mono(pred, gt, variants=variants, full=config.full_metrics)
+        t2 = time.perf_counter()
+        t_fwd += t1 - t0
+        t_met += t2 - t1
+        records.append({"name": inst_name, "valid_pixels": n_valid, **metrics})
+    summary = key_average([{k: v for k, v in r.items() if isinstance(v, dict)} for r in records])
+    summary.update(num_images=len(records), num_excluded=len(excluded), forward_time_s=t_fwd, metric_time_s=t_met)
+    return {"summary": summary, "records": records, "excluded": excluded}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_records_csv(path: Path, records: Sequence[dict]) -> None:
+    """Per-image CSV: ``name, valid_pixels, <variant>.<metric>...``."""
+    cols: list[str] = []
+    rows = []
+    for r in records:
+        flat = {"name": r["name"], "valid_pixels": r["valid_pixels"], **_flat({k: v for k, v in r.items() if isinstance(v, dict)})}
+        for c in flat:
+            if c not in cols:
+                cols.append(c)
+        rows.append(flat)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def evaluate_monodepth(
+    model,
+    root: str | Path,
+    benchmarks: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    config: MonodepthConfig | None = None,
+    model_tag: str = "",
+    progress: bool = True,
+    resume: bool = True,
+) -> dict:
+    """Evaluate ``model`` on MoGe-layout benchmarks under ``root``.
+
+    Args:
+        model: a Reconstructor (optionally with an adapter loaded) or a ``predict`` callable.
+        root: folder holding one sub-folder per benchmark.
+        benchmarks: names (default ``config.benchmarks``).
+        out_dir: where to write ``monodepth/<bench>.json``, ``<bench>.csv`` (per image),
+            ``monodepth.json`` and ``monodepth.md``; a benchmark whose JSON exists with the same
+            settings and ``model_tag`` is read back instead of re-evaluated (``resume``).
+        model_tag: names the model/adapter in the outputs and the resume signature.
+
+    Returns:
+        ``{"benchmarks": {name: summary}, "mean": {...}, "records": {name: [per image]},
+        "excluded": {name: [instance]}, "config": {...}, "model": model_tag}``.
+    """
+    config = config or MonodepthConfig()
+    names = list(benchmarks or config.benchmarks)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        (out / "monodepth").mkdir(parents=True, exist_ok=True)
+    result: dict = {"task": "monodepth", "model": model_tag, "config": asdict(config), "benchmarks": {}, "records": {}, "excluded": {}}
+    for name in names:
+        folder, spec = resolve_benchmark(root, name, config)
+        sig = _signature(name, spec, config, model_tag)
+        bench_json = out / "monodepth" / f"{name}.json" if out is not None else None
+        if resume and bench_json is not None and bench_json.is_file():
+            saved = json.loads(bench_json.read_text())
+            if saved.get("signature") == sig:
+                log.info("benchmark %s: read back from %s", name, bench_json)
+                result["benchmarks"][name] = saved["summary"]
+                result["records"][name] = saved["records"]
+                result["excluded"][name] = saved["excluded"]
+                continue
+        res = evaluate_benchmark(_predictor(model, config, spec), folder, spec, name, config, progress)
+        result["benchmarks"][name] = res["summary"]
+        result["records"][name] = res["records"]
+        result["excluded"][name] = res["excluded"]
+        if bench_json is not None:
+            _write_atomic(bench_json, json.dumps({"signature": sig, "benchmark": name, **res}, indent=1, allow_nan=True))
+            write_records_csv(bench_json.with_suffix(".csv"), res["records"])
+    metric_keys = [{k: v for k, v in s.items() if isinstance(v, dict)} for s in result["benchmarks"].values()]
+    result["mean"] = key_average(metric_keys)
+    result["mean"]["num_benchmarks"] = len(metric_keys)
+    if out is not None:
+        from fin3r.eval.report import monodepth_table
+
+        summary = {k: result[k] for k in ("task", "model", "config", "benchmarks", "mean", "excluded")}
+        _write_atomic(out / "monodepth.json", json.dumps(summary, indent=1, allow_nan=True))
+        _write_atomic(out / "monodepth.md", monodepth_table(summary, config.table_variant))
+    return result
+

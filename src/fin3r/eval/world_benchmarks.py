@@ -1,0 +1,118 @@
+"""Benchmarks exported from the synthetic world in the real on-disk layouts.
+
+``export_world_benchmarks(out_dir)`` renders held-out (``split="test"``) scenes of
+:mod:`fin3r.data.world` and writes them exactly as the real benchmarks are laid out, so that the
+same readers and commands run end to end on a CPU machine:
+
+- ``<out>/world/`` -- MoGe's monocular layout (``.index.txt``, ``image.jpg``, log-encoded
+  ``depth.png``, ``meta.json`` with normalized intrinsics) plus ``edge.png``, the depth-edge pixels
+  (a 3x3 neighbour whose depth differs by more than ``edge_ratio``, or an invalid neighbour), so
+  "AbsRel on depth-edge pixels" can be reported; and ``benchmark.json`` (resolution, metric unit,
+  recommended model input size). ``fin3r eval monodepth --benchmarks world``.
+- ``<out>/world_pairs/`` -- a ScanNet-1500-style pair list (SuperGlue's
+  ``name0 name1 rot0 rot1 K0(9) K1(9) T_0to1(16)`` text format) with the colour images.
+  ``fin3r eval relpose --benchmark world_pairs``.
+- ``<out>/world_scenes/`` -- 7-Scenes-style multi-view scenes (``seq-01/frame-XXXXXX.color.png``,
+  ``.depth.png`` in millimetres, ``.pose.txt`` camera-to-world) with ``intrinsics.txt``.
+  ``fin3r eval mvdepth`` / ``fin3r eval pointmap --benchmark world_scenes``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fin3r.eval.moge_layout import write_instance
+
+__all__ = ["export_world_benchmarks", "export_world_monodepth", "export_world_pairs", "export_world_scenes", "depth_edges"]
+
+
+def depth_edges(depth: Tensor, valid: Tensor, ratio: float = 1.1) -> Tensor:
+    """``(H, W)`` bool: valid pixels with a 3x3 neighbour whose depth differs by a factor
+    ``> ratio`` or that is invalid (sky / image border excluded)."""
+    d = torch.where(valid, depth, torch.zeros_like(depth))[None, None]
+    v = valid[None, None].float()
+    pad_d = torch.nn.functional.pad(d, (1, 1, 1, 1), mode="replicate")
+    pad_v = torch.nn.functional.pad(v, (1, 1, 1, 1), mode="replicate")
+    H, W = depth.shape
+    edge = torch.zeros(H, W, dtype=torch.bool)
+    for dy in range(3):
+        for dx in range(3):
+            if dy == 1 and dx == 1:
+                continue
+            nd = pad_d[0, 0, dy : dy + H, dx : dx + W]
+            nv = pad_v[0, 0, dy : dy + H, dx : dx + W] > 0
+            jump = torch.maximum(nd / depth.clamp_min(1e-6), depth / nd.clamp_min(1e-6)) > ratio
+            edge |= ~nv | jump
+    return edge & valid
+
+
+def _uint8(img: Tensor) -> np.ndarray:
+    """``(H, W, 3)`` or ``(3, H, W)`` float [0, 1] -> uint8 ``(H, W, 3)``."""
+    if img.shape[0] == 3 and img.shape[-1] != 3:
+        img = img.permute(1, 2, 0)
+    return (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+def _normalized_K(K: Tensor, height: int, width: int) -> np.ndarray:
+    """Pixel intrinsics (centre of pixel (i, j) at (j, i)) -> MoGe's normalized (image = [0, 1]^2)."""
+    Kn = K.double().clone()
+    Kn[0, 0], Kn[0, 2] = K[0, 0] / width, (K[0, 2] + 0.5) / width
+    Kn[1, 1], Kn[1, 2] = K[1, 1] / height, (K[1, 2] + 0.5) / height
+    return Kn.numpy()
+
+
+def export_world_monodepth(out: Path, num_images: int, height: int, width: int, seed: int, progress: bool = False) -> Path:
+    """MoGe-layout monocular benchmark of ``num_images`` test views (see module doc)."""
+    from tqdm.auto import tqdm
+
+    from fin3r.data.world import WorldMonoDataset
+
+    folder = Path(out) / "world"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = WorldMonoDataset(num_images, height, width, seed=seed, split="test")
+    names = []
+    for i in tqdm(range(num_images), desc="world monodepth", disable=not progress, leave=False):
+        s = ds[i]
+        depth = torch.where(s["valid"], s["depth"], torch.full_like(s["depth"], float("inf")))  # sky = far
+        name = f"{i:04d}"
+        write_instance(folder / name, _uint8(s["img"]), depth.numpy(), _normalized_K(s["K"], height, width),
+                       edge=depth_edges(s["depth"], s["valid"]).numpy())
+        names.append(name)
+    (folder / ".index.txt").write_text("\n".join(names) + "\n")
+    spec = {"path": "world", "width": width, "height": height, "split": ".index.txt", "depth_unit": 1.0,
+            "drop_max_depth": 1000.0, "input_long_side": max(height, width), "source": "fin3r.data.world",
+            "seed": seed}
+    (folder / "benchmark.json").write_text(json.dumps(spec, indent=1))
+    return folder
+
+
+def export_world_benchmarks(
+    out_dir: str | Path,
+    num_images: int = 16,
+    num_pairs: int = 16,
+    num_scenes: int = 3,
+    views_per_scene: int = 4,
+    height: int = 96,
+    width: int = 128,
+    seed: int = 0,
+    tasks: tuple[str, ...] = ("monodepth", "relpose", "multiview"),
+    progress: bool = False,
+) -> dict[str, Path]:
+    """Export the synthetic world's test split as benchmarks (see the module doc).
+
+    Returns ``{task: folder}``. Deterministic in ``seed``; a second call overwrites."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    folders: dict[str, Path] = {}
+    if "monodepth" in tasks:
+        folders["monodepth"] = export_world_monodepth(out, num_images, height, width, seed, progress)
+    if "relpose" in tasks:
+        folders["relpose"] = export_world_pairs(out, num_pairs, height, width, seed, progress)
+    if "multiview" in tasks:
+        folders["multiview"] = export_world_scenes(out, num_scenes, views_per_scene, height, width, seed, progress)
+    return folders
