@@ -236,13 +236,12 @@ def read_any(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, 
 
 
 # --- key policy ---------------------------------------------------------------------------------
-def to_fin3r_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Official keys -> ours (see the module docstring)."""
+def strip_module_and_dpt_aliases(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Strip ``module.`` and fold the CroCo DPT alias keys: ``*.scratch.layer_rn.{i}.*`` becomes
+    ``*.scratch.layer{i+1}_rn.*`` when only the alias is present, else it is dropped."""
     sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
     out: dict[str, Tensor] = {}
     for key, value in sd.items():
-        if key == "mask_token":
-            continue
         if ".scratch.layer_rn." in key:
             prefix, rest = key.split(".scratch.layer_rn.")
             i, tail = rest.split(".", 1)
@@ -251,6 +250,13 @@ def to_fin3r_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
                 out[canonical] = value
             continue
         out[key] = value
+    return out
+
+
+def to_fin3r_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official keys -> ours (see the module docstring)."""
+    out = strip_module_and_dpt_aliases(state_dict)
+    out.pop("mask_token", None)
     two_view = not any(k.startswith("dec_blocks_state.") for k in out)  # CUT3R has one image decoder
     if two_view and any(k.startswith("dec_blocks.") for k in out) \
             and not any(k.startswith("dec_blocks2.") for k in out):
@@ -318,6 +324,6 @@ def save_hf_folder(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
     return folder
 
 
-__all__ = ["OFFICIAL_CLASSES", "IGNORED_ARGS", "parse_constructor", "model_config", "infer_widths",
+__all__ = ["OFFICIAL_CLASSES", "IGNORED_ARGS", "parse_constructor", "strip_module_and_dpt_aliases", "model_config", "infer_widths",
            "read_official_pth", "read_hf_folder", "read_safetensors", "read_any", "to_fin3r_keys",
            "constructor_string", "official_kwargs", "save_official_pth", "save_hf_folder"]

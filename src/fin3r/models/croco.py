@@ -25,7 +25,33 @@ def rope_freq(pos_embed: str) -> float:
     return float(pos_embed[len("RoPE"):])
 
 
-class CroCoStereo(Reconstructor):
+class CroCoEncoderMixin:
+    """The CroCo image encoder's forward (``patch_embed`` -> ``enc_blocks`` -> ``enc_norm``) and the
+    ``encode``/``encode_prenorm`` interface, for any :class:`Reconstructor` that has those three
+    modules (DUSt3R, MASt3R, CUT3R)."""
+
+    @staticmethod
+    def normalize(img: Tensor) -> Tensor:
+        """``[0, 1] -> [-1, 1]``, as the official ``Normalize(0.5, 0.5)``."""
+        return (img - 0.5) / 0.5
+
+    def encode_with_pos(self, img: Tensor, prenorm: bool = False) -> tuple[Tensor, Tensor]:
+        """``img (B, 3, H, W)`` in [0, 1] -> ``(tokens (B, N, C_enc), pos (B, N, 2))``."""
+        x, pos = self.patch_embed(self.normalize(img))
+        for blk in self.enc_blocks:
+            x = blk(x, pos)
+        return (x if prenorm else self.enc_norm(x)), pos
+
+    def encode(self, img: Tensor) -> Tensor:
+        self.check_images(img)
+        return self.encode_with_pos(img)[0]
+
+    def encode_prenorm(self, img: Tensor) -> Tensor:
+        self.check_images(img)
+        return self.encode_with_pos(img, prenorm=True)[0]
+
+
+class CroCoStereo(CroCoEncoderMixin, Reconstructor):
     """Encoder + two decoders. Images enter in ``[0, 1]`` and are mapped to ``[-1, 1]`` inside.
 
     The decoder output of each view is the official ``decout`` list of ``dec_depth + 1`` token
@@ -57,27 +83,6 @@ class CroCoStereo(Reconstructor):
             for _ in range(dec_depth)])
         self.dec_norm = LayerNorm(dec_embed_dim)
 
-    # --- encoder ------------------------------------------------------------------------------
-    @staticmethod
-    def normalize(img: Tensor) -> Tensor:
-        """``[0, 1] -> [-1, 1]``, as the official ``Normalize(0.5, 0.5)``."""
-        return (img - 0.5) / 0.5
-
-    def encode_with_pos(self, img: Tensor, prenorm: bool = False) -> tuple[Tensor, Tensor]:
-        """``img (B, 3, H, W)`` in [0, 1] -> ``(tokens (B, N, C_enc), pos (B, N, 2))``."""
-        x, pos = self.patch_embed(self.normalize(img))
-        for blk in self.enc_blocks:
-            x = blk(x, pos)
-        return (x if prenorm else self.enc_norm(x)), pos
-
-    def encode(self, img: Tensor) -> Tensor:
-        self.check_images(img)
-        return self.encode_with_pos(img)[0]
-
-    def encode_prenorm(self, img: Tensor) -> Tensor:
-        self.check_images(img)
-        return self.encode_with_pos(img, prenorm=True)[0]
-
     # --- decoder ------------------------------------------------------------------------------
     def decode(self, feat1: Tensor, pos1: Tensor, feat2: Tensor, pos2: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Both decoders; each step reads the previous step's pair. Returns the two ``decout`` lists."""
@@ -102,4 +107,4 @@ class CroCoStereo(Reconstructor):
         return feat1, pos1, feat2, pos2
 
 
-__all__ = ["CroCoStereo", "rope_freq"]
+__all__ = ["CroCoEncoderMixin", "CroCoStereo", "rope_freq"]
