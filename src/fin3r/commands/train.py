@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from fin3r.config import load_config, to_dict
+    from fin3r.config import ConfigError, load_config, to_dict
+    from fin3r.errors import Fin3rError
     from fin3r.train import TrainConfig, train
 
     overrides = list(args.overrides)
@@ -41,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     if config_path is not None and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
         overrides.insert(0, config_path)  # `fin3r train key=value ...` without a file
         config_path = None
-    config = load_config(TrainConfig, config_path, overrides)
+    try:
+        config = load_config(TrainConfig, config_path, overrides)
+    except ConfigError as e:  # one clear line, as every other user error
+        raise Fin3rError(str(e)) from None
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0

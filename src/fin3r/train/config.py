@@ -64,15 +64,20 @@ class DataConfig:
     """Training data: a mixture of monocular (teacher-labelled) and multi-view replay batches.
 
     ``mono``: ``"world"`` (the synthetic world; its exact depth is the oracle teacher's label) or
-    ``"labels"`` (images + a label cache written by ``fin3r label``: ``images_root``,
-    ``labels_root``). ``replay``: ``"world"`` or ``"none"``. ``*_per_epoch``: samples drawn from
+    ``"labels"`` (images -- folders or ``sa_*.tar`` shards, one path or a list -- and the label
+    cache written by ``fin3r label``: ``images_root``, ``labels_root``; ``mono_crop`` ``"random"``
+    draws crop position and zoom up to ``mono_max_zoom`` per (seed, epoch, sample)).
+    ``replay``: ``"world"`` or ``"none"``; real multi-view replay sets (Hypersim, TartanAir) are
+    passed to :func:`fin3r.train.train` as extra ``datasets`` entries (see docs/training.md). ``*_per_epoch``: samples drawn from
     each source per epoch (the paper: 20k SA-1B mono + 2k Hypersim/TartanAir replay).
     """
 
     mono: Literal["world", "labels"] = "world"
     replay: Literal["world", "none"] = "world"
-    images_root: str | None = None
+    images_root: str | list[str] | None = None
     labels_root: str | None = None
+    mono_crop: Literal["center", "random"] = "center"
+    mono_max_zoom: float = 1.0
     height: int = 32
     width: int = 48
     num_views: int = 2

@@ -181,7 +181,8 @@ def build_datasets(config: TrainConfig) -> dict[str, Any]:
 
         if not d.images_root or not d.labels_root:
             raise Fin3rError("data.mono=labels needs data.images_root and data.labels_root")
-        mono = LabelledImages(d.images_root, d.labels_root, d.height, d.width)
+        mono = LabelledImages(d.images_root, d.labels_root, d.height, d.width, crop=d.mono_crop,
+                              max_zoom=d.mono_max_zoom, seed=config.seed)
         out["mono"] = mono
         n = min(d.heldout_images, len(mono))
         out["heldout"] = torch.stack([mono[len(mono) - 1 - i]["img"] for i in range(n)]) if n else None
@@ -487,6 +488,9 @@ def train(
         done = step >= total_steps
         while epoch < config.optim.epochs and not done:
             plan = epoch_plan(sampler, epoch, ctx)
+            for ds in datasets.values():  # per-epoch augmentation draws (e.g. random crops)
+                if hasattr(ds, "set_epoch"):
+                    ds.set_epoch(epoch)
             ep_sums: dict[str, float] = {}
             ep_counts: dict[str, int] = {}
             window: list[tuple[str, dict[str, Any]]] = []

@@ -1,0 +1,41 @@
+"""`fin3r train` on the command line: configs/*.yaml parse, --print-config, a short run, --resume."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fin3r.cli import main
+from fin3r.config import load_config
+from fin3r.train import TrainConfig
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["world_tiny", "dust3r", "mast3r", "cut3r", "vggt"])
+def test_shipped_configs_parse(name):
+    config = load_config(TrainConfig, CONFIGS / f"{name}.yaml")
+    from fin3r.models.registry import MODEL_CONFIGS
+
+    assert config.model.name in MODEL_CONFIGS
+    assert config.lora.targets == ["qkv"] and config.lora.rank == 8 and config.lora.alpha == 8.0
+
+
+def test_print_config_and_bad_key(capsys):
+    assert main(["train", str(CONFIGS / "world_tiny.yaml"), "optim.lr=3e-4", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 3e-4 and printed["model"]["name"] == "dust3r_tiny"
+    assert main(["train", "optim.lrr=1"]) == 2
+    assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
+
+
+def test_cli_run_then_resume_is_a_no_op(tmp_path, capsys):
+    args = ["train", str(CONFIGS / "world_tiny.yaml"), f"out_dir={tmp_path}", "optim.epochs=1",
+            "data.mono_per_epoch=8", "data.replay_per_epoch=8", "data.world_mono_scenes=8",
+            "data.world_replay_scenes=4", "data.heldout_images=2", "progress=false"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "trained 2 steps (1 epochs, 0 skipped)" in out and "encoder feature norm" in out
+    assert (tmp_path / "adapter.safetensors").is_file()
+    assert main(args + ["--resume"]) == 0  # finished run: resumes at the end, trains nothing more
+    assert "trained 2 steps" in capsys.readouterr().out
