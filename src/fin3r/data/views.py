@@ -70,7 +70,7 @@ def make_view(
         valid: optional extra mask, and-ed with ``depth > 0``.
         extra: more keys stored as given.
     """
-    img = torch.as_tensor(np.asarray(img) if not isinstance(img, Tensor) else img)
+    img = img if isinstance(img, Tensor) else torch.tensor(np.asarray(img))
     if img.ndim != 3:
         raise InputError(f"img must be (3, H, W) or (H, W, 3), got {tuple(img.shape)}")
     if img.shape[0] != 3 and img.shape[-1] == 3:
