@@ -9,6 +9,10 @@ Default: DUSt3R 512 DPT (random weights) at 512x384, batch 1:
   (pure-PyTorch RoPE fallback; its ``huggingface_hub`` import must resolve: pass ``--python`` of an
   environment that has it; fin3r is found through ``PYTHONPATH=src``).
 
+VGGT-1B (``fin3r/vggt_1b/{mono,views4}``, ``official/vggt_1b/...`` with ``--official-vggt <checkout>``
+of facebookresearch/vggt, track head off): the image is resized to 518x392; ``views4`` times one
+4-view set (4 shifted copies of the image). Full size fp32 needs ~5 GB per model.
+
 Two phases, each in fresh subprocesses so that peak RSS is per model:
 1. memory: one process per variant builds it and runs one forward; reports peak RSS (ru_maxrss);
 2. time: one process holds all variants and times them round-robin (one repetition of each in
@@ -76,15 +80,53 @@ def _official_dust3r(name: str) -> Callable[[argparse.Namespace], Runner]:
     return build
 
 
+VGGT_HW = (392, 518)  # VGGT's native width; the VGGT variants resize the benchmark image to it (~ms)
+
+
+def _vggt_views(img: torch.Tensor, views: int) -> torch.Tensor:
+    """``img (B, 3, H, W)`` -> ``(B, views, 3, 392, 518)``: resized, shifted copies (distinct views)."""
+    img = torch.nn.functional.interpolate(img, size=VGGT_HW, mode="bilinear", align_corners=False)
+    return torch.stack([img.roll(7 * k, dims=-1) for k in range(views)], dim=1)
+
+
+def _fin3r_vggt(views: int) -> Callable[[argparse.Namespace], Runner]:
+    def build(args: argparse.Namespace) -> Runner:
+        from fin3r.models.registry import build_model
+
+        model = build_model("vggt_1b").eval().to(args.device)
+        if views == 1:
+            return lambda img: model.predict_mono(_vggt_views(img, 1)[:, 0])
+        return lambda img: model.predict_views(_vggt_views(img, views))
+
+    return build
+
+
+def _official_vggt(views: int) -> Callable[[argparse.Namespace], Runner]:
+    def build(args: argparse.Namespace) -> Runner:
+        sys.path.insert(0, str(Path(args.official_vggt).resolve()))
+        from vggt.models.vggt import VGGT  # noqa: E402 (a user-supplied checkout)
+
+        net = VGGT(enable_track=False).eval().to(args.device)
+        return lambda img: net(_vggt_views(img, views))  # images in [0, 1]; normalised inside
+
+    return build
+
+
 #: variant name -> builder; a builder returns ``run(img (B, 3, H, W) in [0, 1])``
 BUILDERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
     "fin3r/dust3r_512_dpt/mono": _fin3r("dust3r_512_dpt", "mono"),
     "fin3r/dust3r_512_dpt/pair": _fin3r("dust3r_512_dpt", "pair"),
     "official/dust3r_512_dpt/pair": _official_dust3r("dust3r_512_dpt"),
+    # VGGT-1B at 518x392 (the input is resized): one image (S = 1), and one 4-view set (time per set)
+    "fin3r/vggt_1b/mono": _fin3r_vggt(1),
+    "fin3r/vggt_1b/views4": _fin3r_vggt(4),
+    "official/vggt_1b/mono": _official_vggt(1),
+    "official/vggt_1b/views4": _official_vggt(4),
 }
 #: ratios printed: (numerator, denominator)
 RATIOS = [("official/dust3r_512_dpt/pair", "fin3r/dust3r_512_dpt/pair"),
-          ("official/dust3r_512_dpt/pair", "fin3r/dust3r_512_dpt/mono")]
+          ("official/dust3r_512_dpt/pair", "fin3r/dust3r_512_dpt/mono"),
+          ("official/vggt_1b/mono", "fin3r/vggt_1b/mono"), ("official/vggt_1b/views4", "fin3r/vggt_1b/views4")]
 
 
 def _image(args: argparse.Namespace) -> torch.Tensor:
@@ -147,6 +189,8 @@ def _spawn(args: argparse.Namespace, phase: str, variants: list[str]) -> dict:
            "--width", str(args.width), "--batch", str(args.batch), "--device", args.device, "--amp", args.amp]
     if args.official_dust3r:
         cmd += ["--official-dust3r", args.official_dust3r]
+    if args.official_vggt:
+        cmd += ["--official-vggt", args.official_vggt]
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
@@ -161,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=None, help=f"default: all of {list(BUILDERS)} that can run")
     p.add_argument("--official-dust3r", default=None, help="checkout of naver/dust3r (with croco) to compare")
+    p.add_argument("--official-vggt", default=None, help="checkout of facebookresearch/vggt to compare")
     p.add_argument("--python", default=sys.executable, help="interpreter of the workers (default: this one)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=3)
@@ -177,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
         return 0
 
-    variants = args.variants or [v for v in BUILDERS if not v.startswith("official/") or args.official_dust3r]
+    official = {"dust3r": args.official_dust3r, "vggt": args.official_vggt}
+    variants = args.variants or [v for v in BUILDERS if not v.startswith("official/")
+                                 or official.get(v.split("/")[1].split("_")[0])]
     print(f"{args.width}x{args.height}, batch {args.batch}, device {args.device}, amp {args.amp}, "
           f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats}")
     print("\npeak memory (one process per variant: build + one forward)")
