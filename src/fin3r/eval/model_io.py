@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["model_input_size", "resize_image", "resize_map", "mono_predictor", "MonoPredictor"]
+__all__ = ["model_input_size", "resize_image", "resize_map", "mono_predictor", "MonoPredictor", "predict_views_resized",
+           "default_num_views"]
 
 #: image (3, H, W) in [0, 1] -> dict of MoGe-keyed maps at (H, W)
 MonoPredictor = Callable[[Tensor], dict[str, Tensor]]
@@ -28,7 +29,7 @@ MonoPredictor = Callable[[Tensor], dict[str, Tensor]]
 def model_input_size(height: int, width: int, family: str, patch: int, long_side: int | None = None) -> tuple[int, int]:
     """``(h, w)`` the model sees for an ``height x width`` evaluation image (see module doc)."""
     if family == "vggt":
-        w = long_side or 518
+        w = max(patch, (long_side or 518) // patch * patch)
         h = max(patch, round(height * w / width / patch) * patch)
         return h, w
     long_side = long_side or 512
@@ -88,3 +89,22 @@ def mono_predictor(
         return out
 
     return predict
+
+
+def predict_views_resized(model, imgs: Tensor, long_side: int | None = None):
+    """Run ``model.predict_views`` on ``imgs (S, 3, H, W)`` resized to the model input.
+
+    Returns ``(ViewsPrediction, (h, w))`` -- the prediction at the input size ``(h, w)``."""
+    H, W = imgs.shape[-2:]
+    family, patch = getattr(model, "family", ""), int(getattr(model, "patch_size", 16))
+    size = model_input_size(H, W, family, patch, long_side)
+    x = resize_image(imgs.float(), size)[None]
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        pred = model.predict_views(x.to(dev))
+    return pred, size
+
+
+def default_num_views(model) -> int | None:
+    """Views per forward: 2 for the pairwise DUSt3R/MASt3R, None (all) for CUT3R/VGGT."""
+    return 2 if getattr(model, "family", "") in ("dust3r", "mast3r") else None

@@ -91,6 +91,64 @@ def export_world_monodepth(out: Path, num_images: int, height: int, width: int, 
     return folder
 
 
+def export_world_pairs(out: Path, num_pairs: int, height: int, width: int, seed: int, progress: bool = False) -> Path:
+    """ScanNet-1500-style pairs (SuperGlue text format ``pairs.txt``) of two overlapping test views."""
+    from tqdm.auto import tqdm
+
+    from fin3r.data.world import intrinsics_from_fov, make_scene, render_views, sample_trajectory, scene_seed_for
+    from fin3r.eval.relpose import Pair, write_superglue_pairs
+
+    folder = Path(out) / "world_pairs"
+    (folder / "color").mkdir(parents=True, exist_ok=True)
+    K = intrinsics_from_fov(width, height)
+    pairs = []
+    for i in tqdm(range(num_pairs), desc="world pairs", disable=not progress, leave=False):
+        scene = make_scene(scene_seed_for(seed + 7, i, "test"))
+        cams = sample_trajectory(scene, 2, seed=i)
+        views = render_views(scene, cams, K, height, width)
+        names = []
+        for v in range(2):
+            name = f"color/{i:04d}_{v}.jpg"
+            from PIL import Image
+
+            Image.fromarray(_uint8(views["img"][v])).save(folder / name, quality=95)
+            names.append(name)
+        T = torch.linalg.inv(cams[1].double()) @ cams[0].double()
+        pairs.append(Pair(names[0], names[1], folder / names[0], folder / names[1], K.double().numpy(),
+                          K.double().numpy(), T.numpy()))
+    write_superglue_pairs(folder / "pairs.txt", pairs)
+    spec = {"format": "superglue", "input_long_side": max(height, width), "source": "fin3r.data.world", "seed": seed}
+    (folder / "benchmark.json").write_text(json.dumps(spec, indent=1))
+    return folder
+
+
+def export_world_scenes(out: Path, num_scenes: int, views_per_scene: int, height: int, width: int, seed: int,
+                        progress: bool = False) -> Path:
+    """7-Scenes-layout multi-view scenes (``scene_XX/seq-01/frame-*.{color,depth,pose}``, depth in
+    millimetres) with the exact intrinsics in ``intrinsics.txt``."""
+    from tqdm.auto import tqdm
+
+    from fin3r.data.world import WorldViewsDataset
+    from fin3r.eval.scenes import write_7scenes_frame
+
+    folder = Path(out) / "world_scenes"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = WorldViewsDataset(num_scenes, views_per_scene, height, width, seed=seed + 13, split="test", mode="video")
+    names = []
+    for i in tqdm(range(num_scenes), desc="world scenes", disable=not progress, leave=False):
+        s = ds[i]
+        name = f"scene_{i:02d}"
+        valid = s["valid"] & (s["depth"] < 65.0)  # representable in uint16 millimetres
+        for v in range(views_per_scene):
+            write_7scenes_frame(folder / name, v, s["img"][v], s["depth"][v], valid[v], s["cam2world"][v])
+        np.savetxt(folder / name / "intrinsics.txt", s["K"][0].double().numpy())
+        names.append(name)
+    (folder / "scenes.txt").write_text("\n".join(names) + "\n")
+    spec = {"layout": "7scenes", "input_long_side": max(height, width), "source": "fin3r.data.world", "seed": seed}
+    (folder / "benchmark.json").write_text(json.dumps(spec, indent=1))
+    return folder
+
+
 def export_world_benchmarks(
     out_dir: str | Path,
     num_images: int = 16,
