@@ -9,7 +9,7 @@ Default: DUSt3R 512 DPT (random weights) at 512x384, batch 1:
   (pure-PyTorch RoPE fallback; its ``huggingface_hub`` import must resolve: pass ``--python`` of an
   environment that has it; fin3r is found through ``PYTHONPATH=src``).
 
-VGGT-1B (``fin3r/vggt_1b/{mono,views4}``, ``official/vggt_1b/...`` with ``--official-vggt <checkout>``
+VGGT-1B (``--families vggt``; ``fin3r/vggt_1b/{mono,views4}``, ``official/vggt_1b/...`` with ``--official-vggt <checkout>``
 of facebookresearch/vggt, track head off): the image is resized to 518x392; ``views4`` times one
 4-view set (4 shifted copies of the image). Full size fp32 needs ~5 GB per model.
 
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=None, help=f"default: all of {list(BUILDERS)} that can run")
     p.add_argument("--official-dust3r", default=None, help="checkout of naver/dust3r (with croco) to compare")
     p.add_argument("--official-vggt", default=None, help="checkout of facebookresearch/vggt to compare")
+    p.add_argument("--families", nargs="+", default=["dust3r"], help="model families to run (dust3r, vggt)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the workers (default: this one)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=3)
@@ -223,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     official = {"dust3r": args.official_dust3r, "vggt": args.official_vggt}
-    variants = args.variants or [v for v in BUILDERS if not v.startswith("official/")
-                                 or official.get(v.split("/")[1].split("_")[0])]
+    family = lambda v: v.split("/")[1].split("_")[0]  # noqa: E731  "fin3r/vggt_1b/mono" -> "vggt"
+    variants = args.variants or [v for v in BUILDERS if family(v) in args.families
+                                 and (not v.startswith("official/") or official.get(family(v)))]
     print(f"{args.width}x{args.height}, batch {args.batch}, device {args.device}, amp {args.amp}, "
           f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats}")
     print("\npeak memory (one process per variant: build + one forward)")
