@@ -67,13 +67,16 @@ class DataConfig:
     ``"labels"`` (images -- folders or ``sa_*.tar`` shards, one path or a list -- and the label
     cache written by ``fin3r label``: ``images_root``, ``labels_root``; ``mono_crop`` ``"random"``
     draws crop position and zoom up to ``mono_max_zoom`` per (seed, epoch, sample)).
-    ``replay``: ``"world"`` or ``"none"``; real multi-view replay sets (Hypersim, TartanAir) are
-    passed to :func:`fin3r.train.train` as extra ``datasets`` entries (see docs/training.md). ``*_per_epoch``: samples drawn from
+    ``replay``: ``"world"`` (synthetic multi-view scenes) or ``"none"``; ``replay_roots``: real
+    multi-view sets by name, ``{"hypersim": root, "tartanair": root}`` (read by
+    ``fin3r.data.hypersim.HypersimViews`` / ``fin3r.data.tartanair.TartanAirViews``). Every
+    replay source contributes ``replay_per_epoch`` samples per epoch. ``*_per_epoch``: samples drawn from
     each source per epoch (the paper: 20k SA-1B mono + 2k Hypersim/TartanAir replay).
     """
 
     mono: Literal["world", "labels"] = "world"
     replay: Literal["world", "none"] = "world"
+    replay_roots: dict[str, str] = field(default_factory=dict)
     images_root: str | list[str] | None = None
     labels_root: str | None = None
     mono_crop: Literal["center", "random"] = "center"

@@ -193,6 +193,15 @@ def build_datasets(config: TrainConfig) -> dict[str, Any]:
                                           split="train", cache_size=min(d.world_replay_scenes, 1024))
     else:
         out["replay"] = None
+    readers = {"hypersim": ("fin3r.data.hypersim", "HypersimViews"),
+               "tartanair": ("fin3r.data.tartanair", "TartanAirViews")}
+    for name, root in d.replay_roots.items():
+        if name not in readers:
+            raise Fin3rError(f"data.replay_roots: unknown replay set {name!r} (known: {', '.join(readers)})")
+        import importlib
+
+        module, cls = readers[name]
+        out[name] = getattr(importlib.import_module(module), cls)(root, d.num_views, d.height, d.width, seed=config.seed)
     return out
 
 
