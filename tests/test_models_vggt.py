@@ -341,3 +341,14 @@ def test_load_model_recognises_an_official_hf_folder(tmp_path):
     model = load_model(folder)
     assert isinstance(model, Vggt) and model.config_dict() == {"family": "vggt", **VGGT_TINY_CONFIG}
     assert len(model.load_report.dropped) == 2
+
+
+def test_dpt_frame_chunks_do_not_change_the_result():
+    model = Vggt(**VGGT_TINY_CONFIG).eval()
+    model.load_official(official_state())
+    model.depth_head.frames_chunk = model.point_head.frames_chunk = 2
+    g = golden("s3_56x70")
+    with torch.no_grad():
+        out = model(g["images"])
+    assert (out["depth"] - g["depth"]).abs().max() < OUT_TOL
+    assert (out["world_points"] - g["world_points"]).abs().max() < OUT_TOL
