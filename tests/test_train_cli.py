@@ -29,7 +29,7 @@ def test_print_config_and_bad_key(capsys):
     assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
 
 
-def test_cli_run_then_resume_is_a_no_op(tmp_path, capsys):
+def test_cli_run_then_resume_is_a_no_op(tmp_path, capsys, caplog):
     args = ["train", str(CONFIGS / "world_tiny.yaml"), f"out_dir={tmp_path}", "optim.epochs=1",
             "data.mono_per_epoch=8", "data.replay_per_epoch=8", "data.world_mono_scenes=8",
             "data.world_replay_scenes=4", "data.heldout_images=2", "progress=false"]
@@ -39,3 +39,5 @@ def test_cli_run_then_resume_is_a_no_op(tmp_path, capsys):
     assert (tmp_path / "adapter.safetensors").is_file()
     assert main(args + ["--resume"]) == 0  # finished run: resumes at the end, trains nothing more
     assert "trained 2 steps" in capsys.readouterr().out
+    assert main(args + ["optim.lr=2e-3", "--resume"]) == 0
+    assert "resuming with a different config (optim.lr)" in caplog.text

@@ -459,6 +459,10 @@ def train(
             restore_rng(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
             if ctx.main:
                 log.info("resumed from %s at epoch %d, batch %d, step %d", resume_path, epoch, batch_in_epoch, step)
+                changed = _changed_keys(state.get("config", {}), to_dict(config))
+                if changed:
+                    log.warning("resuming with a different config (%s): the run will not reproduce an "
+                                "uninterrupted one", ", ".join(changed[:8]))
         elif resume_path is not None and resume is not True:
             raise Fin3rError(f"--resume: checkpoint not found: {resume_path}")
 
@@ -620,6 +624,21 @@ def train(
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (run-control keys ignored)."""
+    ignore = {"out_dir", "progress", "tensorboard", "log_every", "max_steps"}
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in ignore:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
 
 
 def _all_finite(value: Tensor, ctx: _Dist) -> bool:
