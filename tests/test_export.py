@@ -96,3 +96,25 @@ def test_export_refuses_a_different_base(tmp_path):
         from fin3r.export import export_adapter
 
         export_adapter(adapter, tmp_path / "x.pth", model=str(other))
+
+
+@pytest.mark.parametrize("name,ctor", [("vggt_tiny", None), ("cut3r_tiny", "ARCroco3DStereo")])
+def test_other_families_export_their_official_layout(tmp_path, name, ctor):
+    import argparse
+
+    torch.manual_seed(0)
+    base = build_model(name).eval()
+    base_path = save_model(base, tmp_path / "base.safetensors")
+    model = load_model(base_path)
+    inject_lora(model, model.encoder_linear_names(["qkv"]), rank=4, alpha=4.0, mode="weight_row")
+    save_adapter(model, tmp_path / "a.safetensors", base_name=str(base_path))
+    out = tmp_path / "merged.pth"
+    assert main(["export", "--adapter", str(tmp_path / "a.safetensors"), "--out", str(out)]) == 0
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(out, map_location="cpu", weights_only=True)
+    if ctor is None:  # VGGT: a plain state_dict, as VGGT().load_state_dict takes
+        sd = obj
+    else:
+        sd = obj["model"]
+        assert ctor in str(obj["args"].model)
+    assert sorted(sd) == sorted(base.official_state_dict())
