@@ -5,14 +5,206 @@ from __future__ import annotations
 import argparse
 
 HELP = "evaluate a model (optionally with an adapter) on the paper's benchmarks"
-DESCRIPTION = """Monocular depth (AbsRel, delta1), relative pose (AUC@5/10/20), multi-view depth and pointmaps."""
+DESCRIPTION = """Evaluate a model, with or without a Fin3R adapter, following each benchmark's protocol
+(docs/evaluation.md):
+
+  monodepth   MoGe's monocular geometry benchmarks (.index.txt, image.jpg, log-encoded depth.png,
+              meta.json): AbsRel / delta1 per alignment variant -- scale-invariant depth (the paper's
+              Table 1), affine depth, affine disparity, metric, median scaling, optional point maps;
+              per image, per benchmark and the mean over benchmarks
+  relpose     two-view relative pose on ScanNet-1500-style pair lists: AUC@5/10/20 (Table 2); solver
+              pnp | essential | cameras
+  mvdepth     multi-view depth on 7-Scenes / NRGBD / ScanNet layouts: median scaling, AbsRel, inliers<1.03
+  pointmap    multi-view point maps: accuracy, completeness, normal consistency after alignment
+  world       export the synthetic world as benchmarks in the same layouts (for runs without data)
+
+Each writes OUT/<task>.json (every figure, per image/pair/view records included), CSV per image,
+and a Markdown table; monodepth resumes per benchmark. `fin3r eval --compare base.json tuned.json`
+prints the before/after table with deltas.
+
+examples:
+  fin3r eval world --out data/world_eval
+  fin3r eval monodepth --model dust3r_tiny --root data/world_eval --benchmarks world
+  fin3r eval monodepth --model dust3r_512_dpt --checkpoint ckpts/DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth \\
+      --adapter runs/dust3r/adapter.safetensors --root data/eval --out eval/dust3r_fin3r
+  fin3r eval relpose --model mast3r_tiny --root data/world_eval --benchmark world_pairs --solver essential
+  fin3r eval pointmap --model vggt_tiny --root data/world_eval --benchmark world_scenes
+  fin3r eval --compare eval/dust3r/monodepth.json eval/dust3r_fin3r/monodepth.json"""
+
+TASKS = ("monodepth", "relpose", "mvdepth", "pointmap", "world")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registry name (e.g. dust3r_512_dpt), fin3r .safetensors, "
+                   "official .pth or HF folder")
+    p.add_argument("--checkpoint", default=None, help="weights for a registry name (official or fin3r format)")
+    p.add_argument("--adapter", default=None, help="Fin3R adapter (.safetensors from `fin3r train`, or a released "
+                   "*_lora.pth) applied to the encoder")
+    p.add_argument("--root", required=True, help="data root holding the benchmark folders")
+    p.add_argument("--out", default=None, help="output folder (default: eval_out/<model>[+<adapter>])")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--input-long-side", type=int, default=None,
+                   help="model input long side (VGGT: width); default 512 / 518, or the benchmark's own")
+    p.add_argument("--config", default=None, help="YAML with the task's settings (see docs/evaluation.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set variants=[depth_scale_invariant] (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--compare", nargs=2, metavar=("BASE_JSON", "TUNED_JSON"), default=None,
+                        help="print the before/after table of two result JSONs with deltas and exit")
+    parser.add_argument("--keys", default=None, help="with --compare: comma-separated substrings of the metric "
+                        "paths to show (e.g. depth_scale_invariant)")
+    sub = parser.add_subparsers(dest="eval_task", metavar="TASK")
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("monodepth", help="MoGe monocular benchmarks (Table 1)", formatter_class=fmt,
+                       description="Monocular geometry on MoGe's benchmark layout.")
+    _model_args(p)
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated names (NYUv2,KITTI,ETH3D,iBims-1,DDAD,DIODE,HAMMER,GSO,Sintel,Spring, "
+                        "world); 'paper' = the seven of Table 1 (default)")
+    p.add_argument("--variants", default=None, help="comma-separated alignment variants (default: all depth variants)")
+    p.add_argument("--points", action="store_true", help="also score point maps (slower)")
+    p.add_argument("--full-metrics", action="store_true", help="also delta2/3, delta103, sq_rel, rmse, log_rmse")
+    p.add_argument("--max-images", type=int, default=None, help="first N instances of each benchmark only")
+    p.add_argument("--no-resume", action="store_true", help="re-evaluate benchmarks already in OUT")
+
+    p = sub.add_parser("relpose", help="ScanNet-1500-style relative pose (Table 2)", formatter_class=fmt,
+                       description="Two-view relative pose; AUC of max(rotation, translation-direction) error.")
+    _model_args(p)
+    p.add_argument("--benchmark", default="scannet1500", help="pair-list folder under ROOT (world: world_pairs)")
+    p.add_argument("--solver", default=None, choices=("pnp", "essential", "cameras"),
+                   help="pnp (default): PnP-RANSAC on view 1's point map with GT K; essential: E-matrix from "
+                        "mutual-NN descriptor (MASt3R) or point matches; cameras: the model's camera head")
+    p.add_argument("--format", default=None, choices=("auto", "superglue", "loftr", "roma"), help="pair-list format")
+    p.add_argument("--max-pairs", type=int, default=None, help="first N pairs only")
+
+    for task, text in (("mvdepth", "multi-view depth (median scaling, inliers < 1.03)"),
+                       ("pointmap", "multi-view point maps (accuracy, completeness, normal consistency)")):
+        p = sub.add_parser(task, help=text, formatter_class=fmt, description=text)
+        _model_args(p)
+        p.add_argument("--benchmark", required=True, help="scene-set folder under ROOT (world: world_scenes)")
+        p.add_argument("--layout", default=None, choices=("7scenes", "nrgbd", "scannet"), help="scene layout")
+        p.add_argument("--kf-every", type=int, default=None, help="keep every k-th frame")
+        p.add_argument("--num-views", type=int, default=None, help="views per forward (default 2 for DUSt3R/MASt3R)")
+        p.add_argument("--max-scenes", type=int, default=None, help="first N scenes only")
+
+    p = sub.add_parser("world", help="export the synthetic world as benchmarks", formatter_class=fmt,
+                       description="Write world/ (MoGe layout), world_pairs/ (SuperGlue pairs) and world_scenes/ "
+                                   "(7-Scenes layout) from held-out synthetic scenes.")
+    p.add_argument("--out", required=True, help="data root to write")
+    p.add_argument("--num-images", type=int, default=16)
+    p.add_argument("--num-pairs", type=int, default=16)
+    p.add_argument("--num-scenes", type=int, default=3)
+    p.add_argument("--views-per-scene", type=int, default=4)
+    p.add_argument("--height", type=int, default=96)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _load_model(args):
+    from pathlib import Path
+
+    from fin3r.models.registry import load_model
+
+    model = load_model(args.model, args.checkpoint, device=args.device)
+    tag = Path(str(args.model)).stem if Path(str(args.model)).exists() else str(args.model)
+    if args.adapter:
+        from fin3r.lora import apply_fin3r_lora, load_adapter
+
+        if str(args.adapter).endswith(".pth"):  # released Fin3R adapter (PEFT keys, "output" mode)
+            apply_fin3r_lora(model, args.adapter)
+        else:
+            load_adapter(model, args.adapter)
+        tag += "+" + Path(args.adapter).stem
+    return model.eval(), tag
+
+
+def _config(cls, args, extra: dict):
+    from fin3r.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
+    from fin3r.errors import Fin3rError
+
+    try:
+        cfg = load_config(cls, args.config, list(args.overrides))
+        data = to_dict(cfg)
+        data.update({k: v for k, v in extra.items() if v is not None})
+        return from_dict(cls, apply_overrides(data, []))
+    except ConfigError as e:
+        raise Fin3rError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from fin3r.errors import Fin3rError
 
-    raise Fin3rError("`fin3r eval` is not implemented yet")
+    if args.compare:
+        from fin3r.eval.report import compare_results, load_result
+
+        for p in args.compare:
+            if not Path(p).is_file():
+                raise Fin3rError(f"--compare: missing file {p}")
+        keys = args.keys.split(",") if args.keys else None
+        try:
+            print(compare_results(load_result(args.compare[0]), load_result(args.compare[1]), keys), end="")
+        except ValueError as e:
+            raise Fin3rError(str(e)) from None
+        return 0
+    if args.eval_task is None:
+        raise Fin3rError("name a task (" + " | ".join(TASKS) + ") or use --compare; see `fin3r eval --help`")
+    if args.eval_task == "world":
+        from fin3r.eval.world_benchmarks import export_world_benchmarks
+
+        folders = export_world_benchmarks(args.out, args.num_images, args.num_pairs, args.num_scenes,
+                                          args.views_per_scene, args.height, args.width, args.seed, progress=True)
+        for task, f in folders.items():
+            print(f"{task}: {f}")
+        return 0
+
+    import torch
+
+    torch.set_grad_enabled(False)
+    model, tag = _load_model(args)
+    out = Path(args.out or Path("eval_out") / tag.replace("/", "_"))
+    progress = not args.quiet
+    if args.eval_task == "monodepth":
+        from fin3r.eval.monodepth import PAPER_BENCHMARKS, MonodepthConfig, evaluate_monodepth
+        from fin3r.eval.report import monodepth_table
+
+        benches = None
+        if args.benchmarks:
+            benches = []
+            for b in args.benchmarks.split(","):
+                benches += list(PAPER_BENCHMARKS) if b.strip() == "paper" else [b.strip()]
+        extra = dict(benchmarks=benches, input_long_side=args.input_long_side,
+                     variants=args.variants.split(",") if args.variants else None,
+                     points=True if args.points else None, full_metrics=True if args.full_metrics else None,
+                     max_images=args.max_images)
+        cfg = _config(MonodepthConfig, args, extra)
+        res = evaluate_monodepth(model, args.root, cfg.benchmarks, out, cfg, tag, progress, resume=not args.no_resume)
+        print(monodepth_table(res, cfg.table_variant), end="")
+        print(f"wrote {out / 'monodepth.json'}, {out / 'monodepth.md'}, {out / 'monodepth'}/<benchmark>.csv")
+        return 0
+    if args.eval_task == "relpose":
+        from fin3r.eval.relpose import RelposeConfig, evaluate_relpose, relpose_table
+
+        cfg = _config(RelposeConfig, args, dict(solver=args.solver, format=args.format, max_pairs=args.max_pairs,
+                                                input_long_side=args.input_long_side))
+        res = evaluate_relpose(model, args.root, args.benchmark, out, cfg, tag, progress)
+        print(relpose_table(res), end="")
+        print(f"wrote {out / 'relpose.json'}, {out / 'relpose_pairs.csv'}")
+        return 0
+    from fin3r.eval.mvdepth import MultiViewConfig, evaluate_mvdepth
+    from fin3r.eval.pointmap import evaluate_pointmap
+    from fin3r.eval.report import summary_table
+
+    cfg = _config(MultiViewConfig, args, dict(layout=args.layout, kf_every=args.kf_every, num_views=args.num_views,
+                                              max_scenes=args.max_scenes, input_long_side=args.input_long_side))
+    fn = evaluate_mvdepth if args.eval_task == "mvdepth" else evaluate_pointmap
+    res = fn(model, args.root, args.benchmark, out, cfg, tag, progress)
+    table = summary_table(res)
+    (out / f"{args.eval_task}.md").write_text(table)
+    print(table, end="")
+    print(f"wrote {out / (args.eval_task + '.json')}")
+    return 0
