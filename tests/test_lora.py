@@ -288,6 +288,16 @@ def test_output_mode_slices_from_layer_names():
     assert torch.allclose(y.norm(dim=-1), y0.norm(dim=-1), rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_autocast_output_dtype_matches_the_base_layer(mode):
+    lin = nn.Linear(DIM, 3 * DIM)
+    m = LoRALinear(lin, rank=4, mode=mode, slices=3 if mode == "output" else 1)
+    _randomise(m)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y0 = m(_x()), lin(_x())
+    assert y.dtype == y0.dtype == torch.bfloat16
+
+
 # --- training -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_gradients_reach_only_lora_matrices(mode):

@@ -243,8 +243,8 @@ class LoRALinear(nn.Linear):
         B_g = self.lora_B * (self.scaling * (g[:, None] if g.ndim else g))
         lora = F.linear(F.linear(self.lora_dropout(x), self.lora_A), B_g)
         if self.bias is not None:
-            lora = lora + self.bias * (1 - g)
-        return torch.addcmul(lora, y0, g)
+            lora = lora + (self.bias * (1 - g)).to(lora.dtype)
+        return torch.addcmul(lora, y0, g.to(y0.dtype))  # keep autocast's dtype
 
     def _forward_output(self, x: Tensor) -> Tensor:
         y0 = F.linear(x, self.weight, self.bias)
