@@ -177,7 +177,7 @@ def test_run_demo_tiny_end_to_end(tmp_path):
     save_model(base, path)
     path.with_suffix(".json").write_text(json.dumps({"recipe": {"pool": 8, "seed": 0}, "params": 1}))
     cfg = DemoConfig(
-        base=str(path), out_dir=str(tmp_path / "demo"), threads=1, progress=False, figure_views=2,
+        base=str(path), out_dir=str(tmp_path / "demo"), threads=1, jobs=1, progress=False, figure_views=2,
         world=DemoWorldConfig(height=H, width=W, label_scenes=3, label_views=2, replay_scenes=3, replay_views=2,
                               replay_pairs=8, eval_scenes=4),
         finetune=FinetuneConfig(steps=4, batch_size=2, warmup_steps=1),

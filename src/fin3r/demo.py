@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -459,7 +460,7 @@ class DemoWorldConfig:
     replay_scenes: int = 256
     replay_views: int = 4
     replay_pairs: int = 4096
-    self_frac: float = 0.4
+    self_frac: float = 0.0
     eval_scenes: int = 256
     pool: int = 0  # 0 = the base card's pool
 
@@ -493,7 +494,9 @@ class FinetuneConfig:
 class DemoConfig:
     """``fin3r demo``: see :func:`run_demo`. ``base``: a fin3r model file ("" = the packaged
     ``fin3r/assets/demo_base.safetensors``); ``teacher``: a ``fin3r.teachers`` spec;
-    ``threads``: torch threads (0 = measure 1 vs 2 and take the faster); ``figure_views``:
+    ``threads``: torch threads (0 = measure 1 vs 2 and take the faster); ``jobs``: fine-tuning
+    runs trained at once in worker processes of one thread each (0 = as many as there are cores
+    and runs, unless two threads measured more than 1.8x faster than one); ``figure_views``:
     held-out views shown in the figure."""
 
     base: str = ""
@@ -501,6 +504,7 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     seed: int = 0
     threads: int = 0
+    jobs: int = 0
     world: DemoWorldConfig = field(default_factory=DemoWorldConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     figure_views: int = 4
@@ -620,9 +624,9 @@ def variant_train_config(cfg: DemoConfig, name: str, out_dir) -> "TrainConfig": 
     )
 
 
-def finetune_variant(base, cfg: DemoConfig, name: str, datasets: dict, out_dir):
+def finetune_variant(base, cfg: DemoConfig, name: str, datasets: dict, out_dir, hooks=None):
     """Fine-tune a copy of ``base`` as variant ``name`` with :func:`fin3r.train.engine.train`;
-    returns ``(model with merged-or-live LoRA, eval mode; TrainResult)``."""
+    returns ``(model with its LoRA layers, eval mode; TrainResult)``."""
     import copy
 
     from fin3r.train.engine import train
@@ -633,8 +637,106 @@ def finetune_variant(base, cfg: DemoConfig, name: str, datasets: dict, out_dir):
         ds["replay"] = None
     if tc.data.mono_per_epoch == 0:  # the sampler skips a source with count 0
         ds["mono"] = datasets["mono"]
-    result = train(tc, model=copy.deepcopy(base), datasets=ds)
+    result = train(tc, model=copy.deepcopy(base), datasets=ds, hooks=hooks)
     return result.model.eval(), result
+
+
+def train_and_evaluate(job: dict) -> dict:
+    """One variant, start to finish (in this process or in a worker process): fine-tune, evaluate
+    on the held-out pairs, predict the figure's views. ``job`` holds ``base`` (a model, or
+    ``(config_dict, state_dict)`` from another process), ``cfg``, ``name``, ``datasets``,
+    ``eval_views``, ``pool``, ``out_dir``, ``threads``, ``figure_images`` and optionally
+    ``queue`` (one item per optimizer step, for the parent's progress bar)."""
+    import time
+
+    torch.set_num_threads(job["threads"])
+    base = job["base"]
+    if isinstance(base, tuple):
+        from fin3r.models.registry import build_model
+
+        config, state = base
+        base = build_model(dict(config))
+        base.load_state_dict(state)
+        base.eval()
+    hooks = None
+    if job.get("queue") is not None:
+        from fin3r.train.engine import TrainHooks
+
+        q = job["queue"]
+        hooks = TrainHooks(on_step=lambda step, record: q.put(1))
+    t0 = time.time()
+    model, res = finetune_variant(base, job["cfg"], job["name"], job["datasets"], job["out_dir"], hooks=hooks)
+    seconds = time.time() - t0
+    ev = evaluate_world(model, job["eval_views"], edge_pool=job["pool"])
+    with torch.no_grad():
+        fig = model.predict_mono(job["figure_images"]).depth
+    last = res.history[-1] if res.history else {}
+    return {
+        "name": job["name"],
+        "eval": ev,
+        "figure_depth": fig,
+        "info": {"steps": res.steps, "skipped": res.skipped_steps, "trainable_params": res.trainable_params,
+                 "seconds": round(seconds, 1), "threads": job["threads"],
+                 "last_epoch": {k: v for k, v in last.items() if isinstance(v, (int, float))}},
+    }
+
+
+def run_variants(jobs: list[dict], parallel: int, progress: bool, total_steps: int) -> dict[str, dict]:
+    """Run :func:`train_and_evaluate` for every job: one after the other in this process
+    (``parallel <= 1``), or ``parallel`` worker processes at a time (``spawn``; one thread each),
+    with one progress bar over every variant's optimizer steps."""
+    if parallel <= 1:
+        out = {}
+        for job in jobs:
+            job = dict(job, cfg=_with_progress(job["cfg"], progress))
+            r = train_and_evaluate(job)
+            out[r["name"]] = r
+        return out
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    q = manager.Queue()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, desc=f"fine-tuning ({parallel} in parallel)", unit="step", dynamic_ncols=True)
+    out = {}
+    try:
+        with ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+            pending = set()
+            for job in jobs:
+                b = job["base"]
+                job = dict(job, base=(b.config_dict(), b.state_dict()), queue=q, cfg=_with_progress(job["cfg"], False))
+                pending.add(pool.submit(train_and_evaluate, job))
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                n = 0
+                while True:
+                    try:
+                        q.get_nowait()
+                        n += 1
+                    except queue_mod.Empty:
+                        break
+                if bar is not None and n:
+                    bar.update(n)
+                for fut in done:
+                    r = fut.result()
+                    out[r["name"]] = r
+    finally:
+        if bar is not None:
+            bar.close()
+        manager.shutdown()
+    return out
+
+
+def _with_progress(cfg: DemoConfig, progress: bool) -> DemoConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,7 +755,7 @@ def measure_threads(model, batch: dict, candidates=(1, 2), reps: int = 3) -> tup
     before = torch.get_num_threads()
     timings = {}
     for t in candidates:
-        if t > (torch.get_num_interop_threads() and __import__("os").cpu_count() or 1):
+        if t > (os.cpu_count() or 1):
             continue
         torch.set_num_threads(t)
         m.zero_grad(set_to_none=True)
@@ -730,10 +832,16 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     else:
         threads, thread_timings = measure_threads(base, probe)
     torch.set_num_threads(threads)
+    n_runs = len(ABLATION_VARIANTS if cfg.ablation else MAIN_VARIANTS)
+    if cfg.jobs > 0:
+        parallel = min(cfg.jobs, n_runs)
+    else:
+        scaling = thread_timings.get(1, 1.0) / thread_timings.get(2, math.inf) if thread_timings else 1.0
+        parallel = min(os.cpu_count() or 1, n_runs) if scaling < 1.8 else 1
     stage("threads", t0)
     echo(f"      torch threads: {threads}" + (
         " (measured s/step: " + ", ".join(f"{k} thread(s) {v:.3f}" for k, v in thread_timings.items()) + ")"
-        if thread_timings else " (set)"))
+        if thread_timings else " (set)") + f"; fine-tuning runs at once: {parallel}")
 
     # 2. teacher labels ------------------------------------------------------------------------
     t0 = time.time()
@@ -758,32 +866,37 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
 
     # 4. fine-tuning -----------------------------------------------------------------------------
     names = ABLATION_VARIANTS if cfg.ablation else MAIN_VARIANTS
-    models = {"base": base}
-    train_info = {}
+    n_fig = min(cfg.figure_views, eval_views.num_scenes)
+    figure_images = eval_views.img[:n_fig, 0].float() / 255.0
     for i, name in enumerate(names):
-        t0 = time.time()
         tc = variant_train_config(cfg, name, out / name)
-        label = "Fin3R: " + _variant_label(cfg, name) if name == "fin3r" else _variant_label(cfg, name)
-        echo(f"[4/5] fine-tuning {i + 1}/{len(names)}: {label} -- {f.steps} steps "
+        echo(f"[4/5] fine-tuning {i + 1}/{len(names)}: {_variant_label(cfg, name)} -- {f.steps} steps "
              f"({tc.data.mono_per_epoch // f.batch_size} distillation + {tc.data.replay_per_epoch // f.batch_size} "
              f"replay batches of {f.batch_size}), lr {f.lr:g}")
-        model, res = finetune_variant(base, cfg, name, datasets, out / name)
-        stage(f"train_{name}", t0)
-        t0 = time.time()
-        results[name] = evaluate_world(model, eval_views, edge_pool=pool, progress=cfg.progress)
-        stage(f"eval_{name}", t0)
-        models[name] = model
-        train_info[name] = {"steps": res.steps, "skipped": res.skipped_steps, "trainable_params": res.trainable_params,
-                            "seconds": timings[f"train_{name}"], "label": label,
-                            "last_epoch": {k: v for k, v in (res.history[-1] if res.history else {}).items()
-                                           if isinstance(v, (int, float))}}
+    if parallel > 1:
+        echo(f"      {len(names)} runs, {parallel} at a time in worker processes (1 torch thread each)")
+    t0 = time.time()
+    jobs = [dict(base=base, cfg=cfg, name=name, datasets=datasets, eval_views=eval_views, pool=pool,
+                 out_dir=out / name, threads=1 if parallel > 1 else threads, figure_images=figure_images)
+            for name in names]
+    runs = run_variants(jobs, parallel, cfg.progress, f.steps * len(names))
+    stage("train_and_eval", t0)
+    train_info = {}
+    for name in names:
+        results[name] = runs[name]["eval"]
+        train_info[name] = dict(runs[name]["info"], label=_variant_label(cfg, name))
+        timings[f"train_{name}"] = train_info[name]["seconds"]
+    with torch.no_grad():
+        figure_depth = {"base": base.predict_mono(figure_images).depth}
+    figure_depth.update({name: runs[name]["figure_depth"] for name in names})
 
     # 5. report ----------------------------------------------------------------------------------
     t0 = time.time()
     echo("[5/5] report and figure")
     floor = floor_figures(eval_views, pool)
     report = build_report(cfg, card, results, train_info, floor, pool, threads, thread_timings, names)
-    write_figure(out / "figure.png", cfg, eval_views, models, results, names)
+    report["threads"]["parallel_runs"] = parallel
+    write_figure(out / "figure.png", cfg, eval_views, figure_depth, results, names)
     stage("report", t0)
     report["timings_s"] = timings
     report["total_s"] = round(time.time() - t_start, 1)
@@ -794,20 +907,22 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
 
 
 @torch.no_grad()
-def write_figure(path, cfg: DemoConfig, eval_views: WorldViews, models: dict, results: dict, names) -> None:
-    """The figure: ``cfg.figure_views`` held-out views (image, teacher, base, fine-tuned, control,
-    ground truth, error maps) and the feature-norm bars of every model."""
+def write_figure(path, cfg: DemoConfig, eval_views: WorldViews, figure_depth: dict, results: dict, names) -> None:
+    """The figure: held-out views (image, teacher, base, fine-tuned, control, ground truth, error
+    maps) and the feature-norm bars of every model. ``figure_depth``: model name -> ``(n, H, W)``
+    monocular depth of views 0 of the first ``n`` held-out scenes."""
     from fin3r.demo_figure import demo_figure
 
-    n = min(cfg.figure_views, eval_views.num_scenes)
+    n = next(iter(figure_depth.values())).shape[0]
     sub = WorldViews(eval_views.img[:n, :1], eval_views.depth[:n, :1], eval_views.valid[:n, :1],
                      eval_views.K[:n, :1], eval_views.cam2world[:n, :1])
     t_depth, _, _ = teacher_labels(cfg.teacher, sub)
     images = sub.img[:, 0].float() / 255.0
-    shown = ["base"] + [m for m in names if m != "replay_only"][:1] + (["replay_only"] if "replay_only" in names else [])
-    preds = {m: models[m].predict_mono(images).depth for m in shown}
-    labels = {m: ("base" if m == "base" else _variant_label(cfg, m)) for m in models}
-    labels.update({"fin3r": "Fin3R (fine-tuned)", "replay_only": "control (replay only)"})
+    main = [m for m in names if m != "replay_only"][:1]
+    shown = ["base"] + main + (["replay_only"] if "replay_only" in names else [])
+    preds = {m: figure_depth[m] for m in shown}
+    labels = {m: _variant_label(cfg, m) for m in results if m != "base"}
+    labels.update({"base": "base", "fin3r": "Fin3R (fine-tuned)", "replay_only": "control (replay only)"})
     norms = {m: (results[m]["summary"]["norm_pre"], results[m]["summary"]["norm_post"]) for m in results}
     demo_figure(path, images, sub.depth[:, 0], sub.valid[:, 0], t_depth[:, 0], preds, norms, labels,
                 teacher_name=f"teacher ({cfg.teacher})")
@@ -815,8 +930,7 @@ def write_figure(path, cfg: DemoConfig, eval_views: WorldViews, models: dict, re
 
 def _variant_label(cfg: DemoConfig, name: str) -> str:
     if name == "fin3r":
-        mode = cfg.finetune.mode or "plain"
-        return f"re-norm LoRA ({mode}) + replay" if cfg.finetune.mode else "LoRA + replay"
+        return f"Fin3R: re-norm LoRA ({cfg.finetune.mode}) + replay" if cfg.finetune.mode else "Fin3R: LoRA + replay"
     return VARIANTS[name]["label"]
 
 
