@@ -167,19 +167,31 @@ def _anchored_fits(
     return torch.cat(losses), torch.cat(indices)
 
 
-def _convex_argmin(fn, a0: float, span: float, grid: int = 9, rounds: int = 20) -> float:
-    """Minimise a convex 1-D function by repeated grid refinement (``fn``: ``(M,)`` -> ``(M,)``)."""
+def _convex_argmin(fn, a0: float, span: float, rounds: int = 48) -> float:
+    """Minimise a convex 1-D function (``fn``: ``(M,)`` candidates -> ``(M,)`` values).
+
+    Brackets the minimum with a coarse grid (widened until the minimum is interior), then halves
+    the bracket by comparing ``fn`` just left and right of its middle (convexity keeps the
+    minimum inside)."""
     lo, hi = a0 - span, a0 + span
-    for _ in range(8):  # widen until the minimum is interior
-        cand = torch.linspace(lo, hi, grid, dtype=torch.float64)
+    for _ in range(16):  # widen until the minimum is interior
+        cand = torch.linspace(lo, hi, 9, dtype=torch.float64)
         k = int(fn(cand).argmin())
-        if 0 < k < grid - 1:
+        if 0 < k < 8:
+            lo, hi = float(cand[k - 1]), float(cand[k + 1])
             break
         lo, hi = (lo - 4 * (hi - lo), hi) if k == 0 else (lo, hi + 4 * (hi - lo))
     for _ in range(rounds):
-        cand = torch.linspace(lo, hi, grid, dtype=torch.float64)
-        k = int(fn(cand).argmin())
-        lo, hi = float(cand[max(k - 1, 0)]), float(cand[min(k + 1, grid - 1)])
+        mid, d = (lo + hi) / 2, (hi - lo) * 1e-3
+        left, right = fn(torch.tensor([mid - d, mid + d], dtype=torch.float64)).tolist()
+        if left < right:
+            hi = mid + d
+        elif right < left:
+            lo = mid - d
+        else:  # flat: the minimum value is attained between them
+            lo, hi = mid - d, mid + d
+        if hi - lo <= 1e-12 * max(1.0, abs(mid)):
+            break
     return (lo + hi) / 2
 
 
