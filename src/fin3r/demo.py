@@ -206,22 +206,6 @@ def mean_token_norms(model, img: Tensor, batch: int = 64) -> tuple[Tensor, Tenso
     return torch.cat(post), torch.cat(pre)
 
 
-def _relative_pose_from_points(own: Tensor, in_ref: Tensor, conf: Tensor, valid: Tensor) -> Tensor:
-    """``T_0to1 (4, 4)`` of view 1 from its points in its own frame (``own (H, W, 3)``) and in view
-    0's frame (``in_ref``): a similarity (Umeyama) fit on the more confident half of the pixels."""
-    from fin3r.eval.alignment import umeyama_sim3
-
-    m = valid & (conf >= conf[valid].median()) if valid.any() else valid
-    if m.sum() < 8:
-        return torch.full((4, 4), float("nan"))
-    _, R, t = umeyama_sim3(own[m], in_ref[m])  # in_ref ~ s R own + t: camera 1 -> camera 0
-    T_1to0 = torch.eye(4)
-    T_1to0[:3, :3], T_1to0[:3, 3] = R, t
-    from fin3r.geometry import invert_rigid
-
-    return invert_rigid(T_1to0)
-
-
 @torch.no_grad()
 def evaluate_world(
     model,
@@ -238,8 +222,9 @@ def evaluate_world(
       (scale-invariant), against the *sharp* ground truth, mean of the two views;
     - ``edge_abs_rel``: the same AbsRel restricted to :func:`edge_mask` pixels;
     - ``pose_err``: relative pose error (max of rotation and translation-direction angle, degrees)
-      of view 1 w.r.t. view 0, from the pair prediction (``predict_views``) and view 1's own
-      points, summarised as AUC@5/10/20;
+      of view 1 w.r.t. view 0: PnP-RANSAC (``fin3r.eval.relpose.solve_pnp``, the ``fin3r eval``
+      protocol) on view 1's points in view 0's frame from the pair prediction, with the true
+      intrinsics; summarised as AUC@5/10/20;
     - ``mv_err``: multi-view pointmap error ``mean ||s P - G|| / mean ||G||`` of both views in view
       0's frame with one least-squares scale ``s``;
     - ``norm_post``, ``norm_pre``: mean encoder token norm after / before the encoder's final norm.
@@ -249,6 +234,7 @@ def evaluate_world(
         "pose_auc": {"auc5", "auc10", "auc20"}, "n_scenes", "n_views"}``.
     """
     from fin3r.eval.metrics import abs_rel, delta1, pose_auc, pose_errors
+    from fin3r.eval.relpose import solve_pnp
 
     model.eval()
     n = eval_views.num_scenes
@@ -276,7 +262,6 @@ def evaluate_world(
         gt_norm = pair["pts3d"].norm(dim=-1)
         mv_valid = pair["valid"].float()
         mv = (err * mv_valid).flatten(1).sum(1) / (gt_norm * mv_valid).flatten(1).sum(1).clamp_min(1e-12)
-        mono_own = mono.pts3d.unflatten(0, (B, 2))[:, 1]
         T_gt = relative_pose(pair["cam2world"][:, 1], pair["cam2world"][:, 0])  # cam 0 -> cam 1
         for k in range(B):
             i = int(scene[k])
@@ -291,10 +276,8 @@ def evaluate_world(
             per["abs_rel"][i] = sum(ar) / 2
             per["delta1"][i] = sum(d1) / 2
             per["edge_abs_rel"][i] = sum(ea) / len(ea) if ea else math.nan
-            T_pred = _relative_pose_from_points(
-                mono_own[k], views_pred.pts3d[k, 1], views_pred.conf[k, 1], pair["valid"][k, 1]
-            )
-            per["pose_err"][i] = float(pose_errors(T_pred, T_gt[k])["max"])
+            T_pred = solve_pnp(views_pred.pts3d[k, 1].double().numpy(), pair["K"][k, 1].double().numpy())
+            per["pose_err"][i] = float(pose_errors(torch.from_numpy(T_pred).float(), T_gt[k])["max"])
             per["mv_err"][i] = float(mv[k])
             per["norm_post"][i] = float(post[2 * k : 2 * k + 2].mean())
             per["norm_pre"][i] = float(pre[2 * k : 2 * k + 2].mean())
