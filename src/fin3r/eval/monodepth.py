@@ -126,7 +126,8 @@ def resolve_benchmark(root: str | Path, name: str, config: MonodepthConfig | Non
         spec = BenchmarkSpec(**base)
     if spec is None:
         known = ", ".join(list(MOGE_BENCHMARKS) + ["world"])
-        raise InputError(f"unknown benchmark {name!r} (no {meta}); known: {known}")
+        hint = f"; export it with `fin3r eval world --out {root}`" if name == "world" else ""
+        raise InputError(f"unknown benchmark {name!r} (no {meta}); known: {known}{hint}")
     if not folder.is_dir():
         raise InputError(f"benchmark {name}: missing folder {folder}")
     return folder, spec
