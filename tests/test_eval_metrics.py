@@ -234,3 +234,17 @@ def test_refined_l1_fits_reach_the_full_enumeration_objective():
             s, t = al.weighted_l1_points_scale_shift(p, q, wp, method=method)
             objp[method] = (wp[:, None] * (s * p + t - q).abs()).sum().item()
         assert objp["refine"] == pytest.approx(objp["enumerate"], rel=1e-5, abs=1e-6)
+
+
+def test_nearest_neighbors_brute_force_and_kdtree_agree():
+    g = torch.Generator().manual_seed(7)
+    q, r = torch.rand(500, 3, generator=g), torch.rand(300, 3, generator=g)
+    d, i = mt.nearest_neighbors(q, r, chunk=64, use_scipy=False)
+    full = torch.cdist(q.double(), r.double())
+    assert torch.equal(i, full.argmin(1)) and torch.allclose(d.double(), full.min(1).values)
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        return
+    d2, i2 = mt.nearest_neighbors(q, r, use_scipy=True)
+    assert torch.equal(i2, i) and torch.allclose(d2, d)
