@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from fin3r.errors import CheckpointError
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
+from fin3r.models.croco import CroCoEncoderMixin, rope_freq
 from fin3r.models.layers.blocks import DecoderBlock, LayerNorm
 from fin3r.models.layers.cut3r_blocks import LocalMemory, cut3r_encoder_block
 from fin3r.models.layers.cut3r_heads import Cut3rDPTHead, Cut3rLinearHead, camera_pose_to_cam2world
@@ -121,9 +122,12 @@ class Cut3rState:
     frames: int = 0
 
 
-class Cut3r(Reconstructor):
+class Cut3r(CroCoEncoderMixin, Reconstructor):
     """CUT3R with the official ``ARCroco3DStereoConfig`` keyword names and defaults (see
     :data:`CUT3R_512_DPT_4_64` / :data:`CUT3R_224_LINEAR_4` for the released models).
+
+    The encoder forward (``normalize`` to ``[-1, 1]``, ``encode_with_pos``, ``encode``,
+    ``encode_prenorm``) comes from :class:`~fin3r.models.croco.CroCoEncoderMixin`.
 
     Only the released output mode is supported: ``output_mode='pts3d+pose'`` with
     ``pose_head=True``. Official-only arguments that do not change the inference architecture
@@ -152,8 +156,6 @@ class Cut3r(Reconstructor):
                              f"is supported, got output_mode={output_mode!r}, pose_head={pose_head}")
         if head_type not in ("dpt", "linear"):
             raise ValueError(f"Cut3r: unsupported head_type {head_type!r} (expected 'dpt' or 'linear')")
-        if not pos_embed.startswith("RoPE"):
-            raise ValueError(f"Cut3r: only RoPE position embeddings are supported, got {pos_embed!r}")
         if patch_size != 16:
             raise ValueError(f"Cut3r: patch size 16 only, got {patch_size}")
         img_size = tuple(img_size) if isinstance(img_size, Sequence) else (int(img_size), int(img_size))
@@ -173,7 +175,7 @@ class Cut3r(Reconstructor):
         self.state_size, self.state_pe = state_size, state_pe
         state_positions(state_size, state_pe)  # validates state_pe
         self.head_type = head_type
-        rope = RoPE2D(freq=float(pos_embed[len("RoPE"):]))
+        rope = RoPE2D(freq=rope_freq(pos_embed))
         self.rope = rope
 
         # image encoder (the part Fin3R adapts)
@@ -214,27 +216,6 @@ class Cut3r(Reconstructor):
         else:
             self.downstream_head = Cut3rLinearHead(dec_embed_dim, dec_num_heads, rope, rgb_head=rgb_head,
                                                    patch_size=patch_size, mlp_ratio=mlp_ratio, **modes)
-
-    # --- encoder ------------------------------------------------------------------------------
-    @staticmethod
-    def normalize(img: Tensor) -> Tensor:
-        """``[0, 1] -> [-1, 1]``, as the official ``Normalize(0.5, 0.5)``."""
-        return (img - 0.5) / 0.5
-
-    def encode_with_pos(self, img: Tensor, prenorm: bool = False) -> tuple[Tensor, Tensor]:
-        """``img (B, 3, H, W)`` in [0, 1] -> ``(tokens (B, N, C_enc), pos (B, N, 2))``."""
-        x, pos = self.patch_embed(self.normalize(img))
-        for blk in self.enc_blocks:
-            x = blk(x, pos)
-        return (x if prenorm else self.enc_norm(x)), pos
-
-    def encode(self, img: Tensor) -> Tensor:
-        self.check_images(img)
-        return self.encode_with_pos(img)[0]
-
-    def encode_prenorm(self, img: Tensor) -> Tensor:
-        self.check_images(img)
-        return self.encode_with_pos(img, prenorm=True)[0]
 
     # --- recurrent decoding -------------------------------------------------------------------
     def init_state(self, batch: int) -> Cut3rState:
@@ -355,6 +336,7 @@ class Cut3r(Reconstructor):
         the file's tensors are assigned (as float32).
         """
         from fin3r.models.cut3r_checkpoint import effective_config, guess_config_name, read_cut3r_checkpoint
+        from fin3r.models.registry import load_state_dict_strict
 
         name, state_dict = read_cut3r_checkpoint(path)
         if config is None:
@@ -369,19 +351,8 @@ class Cut3r(Reconstructor):
         config = {k: v for k, v in config.items() if k != "family"}
         with torch.device("meta"):
             model = cls(**config)
-        own = model.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        bad = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-        if missing or unexpected or bad:
-            parts = [f"{len(missing)} missing (e.g. {missing[:3]})"] if missing else []
-            parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"] if unexpected else []
-            if bad:
-                parts.append(f"{len(bad)} with other shapes (e.g. {bad[0]}: file "
-                             f"{tuple(state_dict[bad[0]].shape)}, model {tuple(own[bad[0]].shape)})")
-            raise CheckpointError(f"{path}: weights do not fit the CUT3R model: " + "; ".join(parts))
         state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-        model.load_state_dict(state_dict, strict=True, assign=True)
+        load_state_dict_strict(model, state_dict, str(path), assign=True)
         return model.eval()
 
     def official_state_dict(self) -> dict[str, Tensor]:

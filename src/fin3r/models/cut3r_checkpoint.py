@@ -195,17 +195,9 @@ def match_known_config(kwargs: dict[str, Any]) -> str:
 # --- weights -----------------------------------------------------------------------------------
 def cut3r_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Official keys -> ours (see the module docstring)."""
-    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    out: dict[str, Tensor] = {}
-    for key, value in sd.items():
-        if ".scratch.layer_rn." in key:
-            prefix, rest = key.split(".scratch.layer_rn.")
-            i, tail = rest.split(".", 1)
-            canonical = f"{prefix}.scratch.layer{int(i) + 1}_rn.{tail}"
-            if canonical not in sd:
-                out[canonical] = value
-            continue
-        out[key] = value
+    from fin3r.models.checkpoints import strip_module_and_dpt_aliases
+
+    out = strip_module_and_dpt_aliases(state_dict)
     if not any(k.startswith("dec_blocks_state.") for k in out):
         for key in [k for k in out if k.startswith("dec_blocks.")]:
             out["dec_blocks_state." + key[len("dec_blocks."):]] = out[key]
