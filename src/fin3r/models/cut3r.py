@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from fin3r.errors import CheckpointError
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
 from fin3r.models.croco import CroCoEncoderMixin, rope_freq
-from fin3r.models.layers.blocks import DecoderBlock, LayerNorm
+from fin3r.models.layers.blocks import Block, DecoderBlock, LayerNorm
 from fin3r.models.layers.cut3r_blocks import LocalMemory, cut3r_encoder_block
 from fin3r.models.layers.cut3r_heads import Cut3rDPTHead, Cut3rLinearHead, camera_pose_to_cam2world
 from fin3r.models.layers.dpt_croco import OFFICIAL_FEATURE_DIM, OFFICIAL_LAYER_DIMS
@@ -183,10 +183,9 @@ class Cut3r(CroCoEncoderMixin, Reconstructor):
         self.enc_blocks = nn.ModuleList(
             [cut3r_encoder_block(enc_embed_dim, enc_num_heads, mlp_ratio, rope=rope) for _ in range(enc_depth)])
         self.enc_norm = LayerNorm(enc_embed_dim)
-        # ray-map encoder (official 16 heads; unused for image input)
+        # ray-map encoder (official: 16 heads, float32 RoPE; unused for image input)
         self.patch_embed_ray_map = PatchEmbed(patch_size, 6, enc_embed_dim)
-        self.enc_blocks_ray_map = nn.ModuleList(
-            [cut3r_encoder_block(enc_embed_dim, 16, 4.0, rope=rope) for _ in range(ray_enc_depth)])
+        self.enc_blocks_ray_map = nn.ModuleList([Block(enc_embed_dim, 16, 4.0, rope=rope) for _ in range(ray_enc_depth)])
         self.enc_norm_ray_map = LayerNorm(enc_embed_dim)
         self.masked_img_token = nn.Parameter(torch.randn(1, enc_embed_dim) * 0.02)
         self.masked_ray_map_token = nn.Parameter(torch.randn(1, enc_embed_dim) * 0.02)
