@@ -13,6 +13,11 @@ VGGT-1B (``--families vggt``; ``fin3r/vggt_1b/{mono,views4}``, ``official/vggt_1
 of facebookresearch/vggt, track head off): the image is resized to 518x392; ``views4`` times one
 4-view set (4 shifted copies of the image). Full size fp32 needs ~5 GB per model.
 
+CUT3R 512 DPT (``--families cut3r``; ``fin3r/cut3r_512_dpt_4_64/{mono,views4}``): ``mono`` is one
+frame from the initial state at the benchmark size, ``views4`` one 4-frame sequence decoded with the
+recurrent state (shifted copies of the image). ~3.9 GB peak RSS. There is no official variant: the
+official CUT3R needs the compiled CUDA cuRoPE (its PyTorch fallback fails on the pose token).
+
 Two phases, each in fresh subprocesses so that peak RSS is per model:
 1. memory: one process per variant builds it and runs one forward; reports peak RSS (ru_maxrss);
 2. time: one process holds all variants and times them round-robin (one repetition of each in
@@ -60,6 +65,8 @@ def _official_dust3r(name: str) -> Callable[[argparse.Namespace], Runner]:
         from fin3r.models.checkpoints import FIN3R_ONLY_ARGS
         from fin3r.models.registry import MODEL_CONFIGS
 
+        here = Path(__file__).resolve().parent  # this file is `models`, which croco's `models` package would hit
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
         sys.path.insert(0, str(Path(args.official_dust3r).resolve()))
         from dust3r.model import AsymmetricCroCo3DStereo  # noqa: E402 (a user-supplied checkout)
 
@@ -112,6 +119,21 @@ def _official_vggt(views: int) -> Callable[[argparse.Namespace], Runner]:
     return build
 
 
+def _fin3r_cut3r(views: int) -> Callable[[argparse.Namespace], Runner]:
+    """CUT3R 512 DPT at the benchmark size: one frame from the initial state, or a ``views``-frame
+    sequence (shifted copies of the image) decoded recurrently (time per sequence)."""
+
+    def build(args: argparse.Namespace) -> Runner:
+        from fin3r.models.registry import build_model
+
+        model = build_model("cut3r_512_dpt_4_64").eval().to(args.device)
+        if views == 1:
+            return model.predict_mono
+        return lambda img: model.predict_views(torch.stack([img.roll(16 * k, dims=-1) for k in range(views)], 1))
+
+    return build
+
+
 #: variant name -> builder; a builder returns ``run(img (B, 3, H, W) in [0, 1])``
 BUILDERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
     "fin3r/dust3r_512_dpt/mono": _fin3r("dust3r_512_dpt", "mono"),
@@ -122,6 +144,9 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
     "fin3r/vggt_1b/views4": _fin3r_vggt(4),
     "official/vggt_1b/mono": _official_vggt(1),
     "official/vggt_1b/views4": _official_vggt(4),
+    # CUT3R 512 DPT (--families cut3r; no official variant: its RoPE needs the compiled CUDA cuRoPE)
+    "fin3r/cut3r_512_dpt_4_64/mono": _fin3r_cut3r(1),
+    "fin3r/cut3r_512_dpt_4_64/views4": _fin3r_cut3r(4),
 }
 #: ratios printed: (numerator, denominator)
 RATIOS = [("official/dust3r_512_dpt/pair", "fin3r/dust3r_512_dpt/pair"),
@@ -206,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=None, help=f"default: all of {list(BUILDERS)} that can run")
     p.add_argument("--official-dust3r", default=None, help="checkout of naver/dust3r (with croco) to compare")
     p.add_argument("--official-vggt", default=None, help="checkout of facebookresearch/vggt to compare")
-    p.add_argument("--families", nargs="+", default=["dust3r"], help="model families to run (dust3r, vggt)")
+    p.add_argument("--families", nargs="+", default=["dust3r"], help="model families to run (dust3r, vggt, cut3r)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the workers (default: this one)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=3)
