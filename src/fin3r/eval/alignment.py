@@ -5,16 +5,18 @@ fits on a low-resolution *sample* of the valid pixels (:func:`alignment_sample_i
 the aligned prediction on every valid pixel. Its solvers are exact L1 optima:
 
 - :func:`weighted_l1_scale` -- ``argmin_a sum_i w_i |a x_i - y_i|``, a weighted median;
-- :func:`weighted_l1_affine` -- ``argmin_{a,b} sum_i w_i |a x_i + b - y_i|`` by anchor
-  enumeration (the optimum passes through two data points);
+- :func:`weighted_l1_affine` -- ``argmin_{a,b} sum_i w_i |a x_i + b - y_i|``; the optimum passes
+  through two samples: MoGe enumerates every anchor (``method="enumerate"``), fin3r by default
+  locates the optimum on the convex profile and enumerates only the nearest anchors
+  (``method="refine"``, the same objective, tested);
 - :func:`weighted_l1_points_scale_shift` -- shared scale and a per-axis shift of point maps.
 
 With the weights ``1 / gt`` the scale fit minimises the relative error (AbsRel) on the sample, so
 it is *not* median scaling (:func:`median_scale`, CUT3R / RMVD) nor least squares
 (:func:`lstsq_affine`, MoGe's disparity variant).
 
-All functions are batched over leading dimensions and take float tensors; they run under
-``torch.no_grad`` semantics (evaluation only).
+Shapes are given per function; everything is for evaluation (no gradients are needed; on the CPU
+sorting goes through NumPy, several times faster than ``torch.sort`` there).
 """
 
 from __future__ import annotations
