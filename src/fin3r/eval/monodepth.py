@@ -235,7 +235,7 @@ def evaluate_monodepth(
     Args:
         model: a Reconstructor (optionally with an adapter loaded) or a ``predict`` callable.
         root: folder holding one sub-folder per benchmark.
-        benchmarks: names (default ``config.benchmarks``).
+        benchmarks: names, or one comma-separated string (default ``config.benchmarks``).
         out_dir: where to write ``monodepth/<bench>.json``, ``<bench>.csv`` (per image),
             ``monodepth.json`` and ``monodepth.md``; a benchmark whose JSON exists with the same
             settings and ``model_tag`` is read back instead of re-evaluated (``resume``).
@@ -246,6 +246,8 @@ def evaluate_monodepth(
         "excluded": {name: [instance]}, "config": {...}, "model": model_tag}``.
     """
     config = config or MonodepthConfig()
+    if isinstance(benchmarks, str):
+        benchmarks = [b.strip() for b in benchmarks.split(",") if b.strip()]
     names = list(benchmarks or config.benchmarks)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
