@@ -147,3 +147,17 @@ def test_load_model_errors(tmp_path):
     other = save_model(build_model("dust3r_tiny_linear"), tmp_path / "lin.safetensors")
     with pytest.raises(CheckpointError, match="missing|unexpected"):
         load_model("dust3r_tiny", checkpoint=other)
+
+
+def test_bf16_autocast_keeps_heads_in_fp32_and_gradients_reach_the_encoder():
+    torch.manual_seed(0)
+    model = build_model("dust3r_tiny")
+    img = torch.rand(1, 3, 32, 48)
+    ref = model.predict_mono(img).depth.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = model.predict_mono(img)
+    assert pred.depth.dtype == torch.float32 and pred.conf.dtype == torch.float32
+    assert torch.allclose(pred.depth, ref, rtol=0.05, atol=0.05)
+    pred.depth.mean().backward()
+    grad = model.enc_blocks[0].attn.qkv.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
