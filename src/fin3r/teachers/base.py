@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from fin3r.errors import InputError
@@ -74,6 +75,10 @@ class Teacher(ABC):
                 "is_oracle": self.needs_ground_truth}
 
     def to(self, device: Any) -> "Teacher":
+        """Move the teacher's network (``self.model``, if it has one) to ``device``."""
+        if getattr(self, "model", None) is not None:
+            self.model.to(device)
+        self.device = torch.device(device)
         return self
 
     def __repr__(self) -> str:

@@ -108,11 +108,6 @@ class HFDepthTeacher(Teacher):
         self.version = f"{self.model.config.model_type}/transformers-{transformers.__version__}"
         self.folder = folder
 
-    def to(self, device: Any) -> "HFDepthTeacher":
-        self.model.to(device)
-        self.device = torch.device(device)
-        return self
-
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta.update(hf={"folder": str(self.folder), "input_size": list(self.size), "keep_aspect_ratio": self.keep_aspect,

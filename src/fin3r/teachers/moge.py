@@ -72,11 +72,6 @@ class MoGeTeacher(Teacher):
         self.infer_kwargs = {"resolution_level": resolution_level, "num_tokens": num_tokens, "apply_mask": True,
                              "force_projection": True, "use_fp16": use_fp16 and self.device.type == "cuda"}
 
-    def to(self, device: Any) -> "MoGeTeacher":
-        self.model.to(device)
-        self.device = torch.device(device)
-        return self
-
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta.update(moge={"model_version": self.moge_version, **{k: v for k, v in self.infer_kwargs.items()}})
