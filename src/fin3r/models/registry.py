@@ -210,10 +210,11 @@ def load_model(name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | 
         if is_cut3r_pth(name):  # official CUT3R .pth: OmegaConf args, nested constructor string
             return Cut3r.from_official(name).to(device).eval()
     if name in MODEL_CONFIGS:
-        model = build_model(name)
-        if checkpoint is not None:
+        if checkpoint is None:
+            model = build_model(name)
+        else:
             _, state_dict = checkpoints.read_any(checkpoint)
-            load_state_dict_strict(model, checkpoints.to_fin3r_keys(state_dict), str(checkpoint))
+            model = _build_with_weights(name, checkpoints.to_fin3r_keys(state_dict), str(checkpoint))
     else:
         if checkpoint is not None:
             raise CheckpointError(f"load_model: `checkpoint` is only used with a registry name, got {name!r}")
@@ -224,9 +225,29 @@ def load_model(name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | 
         if config is None:
             raise CheckpointError(f"{path}: the file has no architecture; pass a registry name and "
                                   f"checkpoint=<file>")
-        model = build_model(config)
-        load_state_dict_strict(model, checkpoints.to_fin3r_keys(state_dict), str(path))
+        model = _build_with_weights(config, checkpoints.to_fin3r_keys(state_dict), str(path))
     return model.to(device).eval()
+
+
+def _build_with_weights(name_or_config: str | dict[str, Any], state_dict: dict[str, torch.Tensor],
+                        source: str) -> Reconstructor:
+    """Build on the meta device and take the file's tensors (no random init, one copy of the
+    weights in memory), cast to the model's dtypes; models with buffers are built on the CPU."""
+    model = build_model(name_or_config, device="meta")
+    if any(True for _ in model.buffers()):
+        model = build_model(name_or_config)
+        load_state_dict_strict(model, state_dict, source)
+        return model
+    own = model.state_dict()
+
+    def owned(k: str, v: torch.Tensor) -> torch.Tensor:
+        if k in own and v.dtype != own[k].dtype:
+            return v.to(own[k].dtype)
+        # tensors inside one file buffer (safetensors) can be misaligned for the SIMD kernels
+        return v.clone() if v.data_ptr() % 64 else v
+
+    load_state_dict_strict(model, {k: owned(k, v) for k, v in state_dict.items()}, source, assign=True)
+    return model
 
 
 __all__ = ["FAMILIES", "MODEL_CONFIGS", "build_model", "load_model", "save_model", "family_class",
