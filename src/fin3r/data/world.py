@@ -81,7 +81,8 @@ class Scene:
         light_pos ``(3,)`` point light, light_power (irradiance at 1 m), sun_dir ``(3,)`` (unit,
             towards the sun), sun_power, ambient.
         anchors ``(A, 3)``: camera cluster centres kept free of objects; targets ``(A, 3)``: the
-            points they look at (the scene centre region).
+            points they look at (the centre of an object 1.5-6 m away indoor, 2.5-12 m outdoor).
+        baseline: the radius (m) within which ``sample_trajectory`` moves the cameras.
     """
 
     seed: int
@@ -201,7 +202,8 @@ class _Builder:
 
     def place(self, lo: np.ndarray, hi: np.ndarray, radius: float, tries: int = 30) -> np.ndarray | None:
         """A random free xy position in the rectangle [lo, hi] for a footprint of ``radius``:
-        60% of the draws cluster around the centre (0, 0) (where the cameras look), 40% are uniform."""
+        60% of the draws cluster around the centre (0, 0), 40% are uniform -- a busy middle with
+        open space near the walls where the camera anchors are."""
         for _ in range(tries):
             if self.rng.uniform() < 0.6:
                 xy = np.clip(self.rng.normal(scale=0.15 * (hi - lo)), lo, hi)
