@@ -66,3 +66,13 @@ def test_bad_images_name_their_path(tmp_path):
     (tmp_path / "d1" / "x.png").write_bytes(good)
     with pytest.raises(InputError, match="share the key"):
         list_images([tmp_path / "d1"])
+
+
+def test_draft_decode_covers_the_requested_size(tmp_path):
+    p = tmp_path / "big.jpg"
+    p.write_bytes(_jpg(400, 600))
+    ref = list_images([p])[0]
+    arr, full = ImageReader().read_at_least(ref, (90, 140))
+    assert full == (400, 600) and arr.shape == (100, 150, 3)  # 1/4 scale: the smallest >= 90x140
+    arr, _ = ImageReader().read_at_least(ref, None)
+    assert arr.shape == (400, 600, 3)

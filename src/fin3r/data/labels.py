@@ -267,15 +267,15 @@ class LabelledImages(torch.utils.data.Dataset):
 
         ref = self.refs[index]
         depth, mask, meta = read_label(self.labels_root, ref.key)
-        img = self.reader.read(ref)
         H, W = depth.shape
+        img, full = self.reader.read_at_least(ref, (H, W))
         size = meta.get("image_size")
-        if size is not None and tuple(size) != img.shape[:2]:
-            raise BadImage(f"{ref.describe()}: image is {img.shape[1]}x{img.shape[0]} but was labelled at "
+        if size is not None and tuple(size) != full:
+            raise BadImage(f"{ref.describe()}: image is {full[1]}x{full[0]} but was labelled at "
                            f"{size[1]}x{size[0]} ({label_paths(self.labels_root, ref.key)['json']})")
-        if abs(img.shape[1] / img.shape[0] - W / H) > 0.02 * W / H + 1.0 / H:
+        if abs(full[1] / full[0] - W / H) > 0.02 * W / H + 1.0 / H:
             raise BadLabel(f"{label_paths(self.labels_root, ref.key)['json']}: label {W}x{H} does not fit the "
-                           f"aspect of {ref.describe()} ({img.shape[1]}x{img.shape[0]})")
+                           f"aspect of {ref.describe()} ({full[1]}x{full[0]})")
         x = torch.from_numpy(img.copy()).permute(2, 0, 1).float()[None] / 255.0
         if x.shape[-2:] != (H, W):
             x = torch.nn.functional.interpolate(x, size=(H, W), mode="bilinear", align_corners=False,
