@@ -102,19 +102,13 @@ def main() -> None:
     from fin3r.data.mixture import MixtureSampler
     from fin3r.data.sa1b import SA1BImages
     from fin3r.data.views import crop_resize_view, make_view
-    from fin3r.data.world import (
-        WorldMonoDataset, intrinsics_from_fov, make_scene, render_view, sample_trajectory, save_world_image,
-    )
+    from fin3r.data.world import export_world_images, intrinsics_from_fov, make_scene, render_view, sample_trajectory
 
     H, W = args.height, args.width
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         images = tmp / "images"
-        images.mkdir()
-        world = WorldMonoDataset(args.images, 384, 512, seed=0)  # source images larger than the training size
-        for i in range(args.images):
-            s = world[i]
-            save_world_image(images / f"img_{i:04d}.png", s["img"], s["key"])
+        export_world_images(images, args.images, 384, 512, seed=0)  # larger than the training size
 
         if importlib.util.find_spec("transformers") is not None:
             from fin3r.teachers import load_teacher

@@ -21,7 +21,7 @@ from fin3r.data.labels import (
     write_label,
 )
 from fin3r.data.views import check_view
-from fin3r.data.world import WorldMonoDataset, save_world_image
+from fin3r.data.world import WorldMonoDataset, export_world_images
 
 
 def _depth(h=20, w=30, lo=0.05, hi=80.0, seed=0):
@@ -87,17 +87,13 @@ def test_bad_labels(tmp_path):
 
 
 def _export_world(folder, n=4, h=24, w=32):
-    folder.mkdir(parents=True, exist_ok=True)
-    ds = WorldMonoDataset(n, h, w, seed=0)
-    for i in range(n):
-        s = ds[i]
-        save_world_image(folder / f"view_{i:03d}.png", s["img"], s["key"])
-    return ds
+    export_world_images(folder, n, h, w, seed=0)
+    return WorldMonoDataset(n, h, w, seed=0)
 
 
 def test_label_command_oracle_sharded_resumable_reports_bad(tmp_path, capsys):
     ds = _export_world(tmp_path / "imgs")
-    (tmp_path / "imgs" / "broken.png").write_bytes((tmp_path / "imgs" / "view_000.png").read_bytes()[:100])
+    (tmp_path / "imgs" / "broken.png").write_bytes((tmp_path / "imgs" / "world_000000.png").read_bytes()[:100])
     out = tmp_path / "labels"
     for shard in ("0/2", "1/2"):
         assert main(["label", "--teacher", "oracle", "--images", str(tmp_path / "imgs"), "--out", str(out),
@@ -107,7 +103,7 @@ def test_label_command_oracle_sharded_resumable_reports_bad(tmp_path, capsys):
     bad = [b for r in reports for b in r["bad"]]
     assert len(bad) == 1 and "broken.png" in bad[0]["image"]
     assert "broken.png" in capsys.readouterr().err
-    depth, mask, meta = read_label(out, "imgs/view_002")
+    depth, mask, meta = read_label(out, "imgs/world_000002")
     assert meta["teacher"] == "oracle" and meta["is_oracle"] and meta["depth_kind"] == "scale"
     gt = ds[2]["depth"].numpy()
     ratio = depth[mask] / gt[mask]
@@ -133,17 +129,17 @@ def test_labelled_images_dataset(tmp_path, caplog):
     assert s["img"].shape == (3, 16, 16) and s["depth_kind"] == "scale" and s["source"] == "world-oracle"
     assert not s["K_known"]
     # a corrupt label is skipped (the next sample comes instead), recorded, and raised under strict
-    label_paths(out, "imgs/view_001")["png"].write_bytes(b"junk")
+    label_paths(out, "imgs/world_000001")["png"].write_bytes(b"junk")
     s1 = ds[1]
-    assert s1["key"] == "imgs/view_002" and len(ds.errors) == 1 and "view_001" in ds.errors[0][1]
+    assert s1["key"] == "imgs/world_000002" and len(ds.errors) == 1 and "world_000001" in ds.errors[0][1]
     strict = LabelledImages([tmp_path / "imgs"], out, 16, 16, strict=False)
     strict.strict = True
     with pytest.raises(BadLabel):
         strict[1]
     # an image that changed size after labelling is caught, not silently mis-paired
-    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "imgs" / "view_002.png")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "imgs" / "world_000002.png")
     ds.errors.clear()
-    assert ds[2]["key"] == "imgs/view_000" and "labelled at" in ds.errors[0][1]
+    assert ds[2]["key"] == "imgs/world_000000" and "labelled at" in ds.errors[0][1]
 
 
 def test_label_from_tar_shard_with_hf_teacher(tmp_path):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import sys
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from fin3r.errors import Fin3rError, InputError
 from fin3r.teachers import TeacherOutput, load_teacher
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+HAS_MOGE = importlib.util.find_spec("moge") is not None
 
 
 def _world_batch(n=2, h=24, w=32):
@@ -69,7 +71,7 @@ def test_unknown_specs():
 
 
 def test_moge_missing_names_the_extra(tmp_path):
-    if importlib.util.find_spec("moge") is not None:
+    if HAS_MOGE:
         pytest.skip("moge is installed")
     with pytest.raises(Fin3rError, match=r"fin3r\[moge\]"):
         load_teacher(f"moge:{tmp_path / 'model.pt'}")
@@ -124,3 +126,66 @@ def test_hf_metric_and_bad_folder(tmp_path):
     with pytest.raises(Fin3rError):
         load_teacher(f"hf:{tmp_path / 'nothing'}")
     assert math.isfinite(float(out.depth.sum()))
+
+
+_FAKE_MOGE = '''
+import torch
+from torch import nn
+
+
+class MoGeModel(nn.Module):
+    """A stand-in with MoGe's loading and ``infer`` API (not MoGe): depth = 2 + row index,
+    the top-left pixel masked (inf), normalised intrinsics."""
+
+    VERSION = {version}
+
+    def __init__(self, **config):
+        super().__init__()
+        self.config = config
+        self.w = nn.Parameter(torch.zeros(3))
+
+    def infer(self, image, **kwargs):
+        self.last_kwargs = kwargs
+        B, _, H, W = image.shape
+        depth = 2.0 + torch.arange(H, dtype=torch.float32)[None, :, None].expand(B, H, W).clone() + self.w.sum()
+        mask = torch.ones(B, H, W, dtype=torch.bool)
+        mask[:, 0, 0] = False
+        depth[~mask] = float("inf")
+        K = torch.tensor([[0.8, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1.0]]).expand(B, 3, 3)
+        return {{"depth": depth, "mask": mask, "intrinsics": K, "points": torch.zeros(B, H, W, 3)}}
+'''
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_moge_teacher_through_the_package_api(tmp_path, monkeypatch, version):
+    """Our loading (version from the config, weights_only checkpoint, strict key check) and output
+    handling (inf -> mask False, intrinsics extras), against a stand-in ``moge`` package."""
+    if HAS_MOGE:
+        pytest.skip("the real moge is installed")
+    for name in [m for m in sys.modules if m == "moge" or m.startswith("moge.")]:
+        monkeypatch.delitem(sys.modules, name)
+    pkg = tmp_path / "pkgs" / "moge" / "model"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    for v in (1, 2):
+        (pkg / f"v{v}.py").write_text(_FAKE_MOGE.format(version=v))
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    config = {"encoder": "dinov2_vits14"} if version == 1 else {"encoder": {}, "neck": {}, "scale_head": {"dim": 1}}
+    ckpt = tmp_path / "ckpt" / "model.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model_config": config, "model": {"w": torch.zeros(3)}}, ckpt)
+    t = load_teacher(f"moge:{ckpt}")
+    assert t.depth_kind == ("scale" if version == 1 else "metric") and t.name == f"moge{version}:ckpt/model.pt"
+    out = t.predict(torch.rand(2, 3, 6, 8))
+    assert not out.mask[:, 0, 0].any() and out.mask.sum() == 2 * 47 and out.depth[0, 0, 0] == 0
+    assert torch.equal(out.depth[1, 3, 5], torch.tensor(5.0))
+    assert out.extras["intrinsics"].shape == (2, 3, 3)
+    assert t.model.last_kwargs["apply_mask"] and t.model.last_kwargs["force_projection"]
+    torch.save({"model_config": config, "model": {"w": torch.zeros(3), "extra.weight": torch.zeros(1)}}, ckpt)
+    with pytest.raises(Fin3rError, match="extra.weight"):
+        load_teacher(f"moge:{ckpt}")
+    with pytest.raises(Fin3rError, match="no checkpoint"):
+        load_teacher(f"moge:{tmp_path / 'missing.pt'}")
+    for name in [m for m in sys.modules if m == "moge" or m.startswith("moge.")]:
+        del sys.modules[name]  # the stand-in must not outlive this test

@@ -50,6 +50,7 @@ __all__ = [
     "render_from_key",
     "scene_seed_for",
     "save_world_image",
+    "export_world_images",
     "read_world_key",
     "WorldMonoDataset",
     "WorldViewsDataset",
@@ -880,6 +881,24 @@ def save_world_image(path, img: Tensor, key: str) -> None:
     info.add_text(WORLD_KEY_PNG_CHUNK, key)
     arr = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
     Image.fromarray(arr).save(path, pnginfo=info)
+
+
+def export_world_images(folder, num_images: int, height: int, width: int, seed: int = 0,
+                        split: str = "train") -> list:
+    """Write the images of ``WorldMonoDataset(num_images, height, width, seed, split)`` as
+    ``folder/world_NNNNNN.png`` with their keys (an image folder for ``fin3r label``, e.g. with
+    the oracle teacher). Returns the paths."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = WorldMonoDataset(num_images, height, width, seed=seed, split=split)
+    paths = []
+    for i in range(num_images):
+        sample = ds[i]
+        paths.append(folder / f"world_{i:06d}.png")
+        save_world_image(paths[-1], sample["img"], sample["key"])
+    return paths
 
 
 def read_world_key(path) -> str | None:
