@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=float, default=300.0, help="seconds between checkpoints")
     p.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations")
     p.add_argument("--ema", type=float, default=0.999, help="decay of the weight average that is evaluated and saved")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this fin3r model file (a second phase of a run) instead of random weights")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
@@ -130,6 +132,11 @@ def main(argv=None) -> int:
           f"blurred-GT floor: {json.dumps({k: round(v, 4) for k, v in floor.items()})}", flush=True)
 
     model = build_model(arch)
+    if args.init is not None:
+        from fin3r.models.registry import load_model
+
+        model.load_state_dict(load_model(str(args.init)).float().state_dict())
+        print(f"initialised from {args.init}", flush=True)
     model.train()
     ema = copy.deepcopy(model).eval()  # the exponential moving average of the weights is the base
     for p in ema.parameters():

@@ -901,7 +901,7 @@ def write_figure(path, cfg: DemoConfig, eval_views: WorldViews, figure_depth: di
                      eval_views.K[:n, :1], eval_views.cam2world[:n, :1])
     t_depth, _, _ = teacher_labels(cfg.teacher, sub)
     images = sub.img[:, 0].float() / 255.0
-    main = [m for m in names if m != "replay_only"][:1]
+    main = [m for m in ("fin3r", "renorm_row_replay") if m in names][:1]
     shown = ["base"] + main + (["replay_only"] if "replay_only" in names else [])
     preds = {m: figure_depth[m] for m in shown}
     labels = {m: _variant_label(cfg, m) for m in results if m != "base"}
