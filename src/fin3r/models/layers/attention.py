@@ -28,11 +28,17 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, d)
-        if self.rope is not None:
-            cos, sin = self.rope.cos_sin(pos, q.shape[-1])
-            q, k = self.rope.rotate(q, cos, sin), self.rope.rotate(k, cos, sin)
+        q, k = self.rope_qk(q, k, pos)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+    def rope_qk(self, q: Tensor, k: Tensor, pos: Tensor | None) -> tuple[Tensor, Tensor]:
+        """RoPE2D on ``q, k (B, heads, N, d)`` with one set of tables (identity without RoPE);
+        subclasses override this to change how q and k are prepared (norms, precision)."""
+        if self.rope is None:
+            return q, k
+        cos, sin = self.rope.cos_sin(pos, q.shape[-1])
+        return self.rope.rotate(q, cos, sin), self.rope.rotate(k, cos, sin)
 
 
 class CrossAttention(nn.Module):
