@@ -129,6 +129,8 @@ def _setup_distributed(device_kind: str) -> _Dist:
     if world <= 1:
         return _Dist()
     owns = False
+    if device_kind == "cuda":  # NCCL collectives use the current device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
         owns = True
