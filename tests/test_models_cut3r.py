@@ -283,7 +283,8 @@ def test_official_pth_with_omegaconf_args_loads(tmp_path, monkeypatch):
 
 def test_official_pth_with_namespace_or_without_args(tmp_path):
     state, outputs = golden("linear")
-    path = write_official_pth(tmp_path / "ns.pth", state, argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR)))
+    args = argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR))
+    path = write_official_pth(tmp_path / "ns.pth", state, args)
     model = Cut3r.from_official(path)
     with torch.no_grad():
         assert max_err(model(outputs["s1.imgs"]), outputs, "s1") < OUT_TOL

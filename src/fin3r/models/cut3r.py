@@ -185,7 +185,8 @@ class Cut3r(CroCoEncoderMixin, Reconstructor):
         self.enc_norm = LayerNorm(enc_embed_dim)
         # ray-map encoder (official: 16 heads, float32 RoPE; unused for image input)
         self.patch_embed_ray_map = PatchEmbed(patch_size, 6, enc_embed_dim)
-        self.enc_blocks_ray_map = nn.ModuleList([Block(enc_embed_dim, 16, 4.0, rope=rope) for _ in range(ray_enc_depth)])
+        self.enc_blocks_ray_map = nn.ModuleList(
+            [Block(enc_embed_dim, 16, 4.0, rope=rope) for _ in range(ray_enc_depth)])
         self.enc_norm_ray_map = LayerNorm(enc_embed_dim)
         self.masked_img_token = nn.Parameter(torch.randn(1, enc_embed_dim) * 0.02)
         self.masked_ray_map_token = nn.Parameter(torch.randn(1, enc_embed_dim) * 0.02)
@@ -241,7 +242,8 @@ class Cut3r(CroCoEncoderMixin, Reconstructor):
         pos_img = torch.cat([pose_pos, pos], dim=1)
         decout = [feat]
         for blk_state, blk_img in zip(self.dec_blocks_state, self.dec_blocks):
-            f_state, f_img = blk_state(f_state, f_img, pos_state, pos_img), blk_img(f_img, f_state, pos_img, pos_state)
+            f_state, f_img = (blk_state(f_state, f_img, pos_state, pos_img),
+                              blk_img(f_img, f_state, pos_img, pos_state))
             decout.append(f_img)
         decout[-1] = self.dec_norm(f_img)
         return self.dec_norm_state(f_state), decout

@@ -32,7 +32,8 @@ from fin3r.models.layers.rope2d import RoPE2D
 
 
 # --- activations (pure functions) --------------------------------------------------------------
-def postprocess_pts3d(raw: Tensor, depth_mode: Mode, conf_mode: Mode, positive_z: bool = False) -> tuple[Tensor, Tensor]:
+def postprocess_pts3d(raw: Tensor, depth_mode: Mode, conf_mode: Mode,
+                      positive_z: bool = False) -> tuple[Tensor, Tensor]:
     """Raw ``(B, 4, H, W)`` -> ``(pts3d (B, H, W, 3), conf (B, H, W))``.
 
     ``positive_z`` flips each point to ``z >= 0`` first (the official linear head's self view).
