@@ -374,3 +374,30 @@ def test_registry_builds_saves_and_loads(tmp_path, monkeypatch):
             assert max_err(loaded(outputs["s1.imgs"]), outputs, "s1") < OUT_TOL
     with pytest.raises(CheckpointError, match="differs from the requested"):
         load_model("cut3r_tiny_linear", checkpoint=path)
+
+
+def test_streaming_steps_equal_the_sequence_forward():
+    model = tiny_model("linear")
+    _, outputs = golden("linear")
+    imgs = outputs["s3.imgs"]
+    with torch.no_grad():
+        ress = model(imgs)
+        state = model.init_state(imgs.shape[0])
+        for s in range(imgs.shape[1]):
+            feat, pos = model.encode_with_pos(imgs[:, s])
+            res, state = model.step(state, feat, pos, tuple(imgs.shape[-2:]))
+            for key, value in res.items():
+                torch.testing.assert_close(value, ress[s][key], atol=1e-5, rtol=0)
+    assert state.frames == imgs.shape[1]
+
+
+def test_load_model_refuses_a_truncated_cut3r_file(tmp_path):
+    from fin3r.models.registry import load_model
+
+    state, _ = golden("linear")
+    good = write_official_pth(tmp_path / "good.pth", state,
+                              argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR)))
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:4096])
+    with pytest.raises(CheckpointError):
+        load_model(truncated)
