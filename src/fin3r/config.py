@@ -22,10 +22,12 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from fin3r.errors import Fin3rError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(Fin3rError, ValueError):
     """A config file or override that does not fit its dataclass."""
 
 
