@@ -282,7 +282,13 @@ def test_official_pth_with_omegaconf_args_loads(tmp_path, monkeypatch):
 
 
 def test_official_pth_with_namespace_or_without_args(tmp_path):
+    import numpy as np
+
     state, outputs = golden("linear")
+    extra = tmp_path / "numpy_scalars.pth"  # training files: best_so_far may be a numpy float
+    torch.save({"model": state, "args": argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR)),
+                "best_so_far": np.float64(0.25), "epoch": np.int64(3)}, extra)
+    assert Cut3r.from_official(extra).config_dict()["dec_embed_dim"] == CUT3R_TINY_LINEAR["dec_embed_dim"]
     args = argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR))
     path = write_official_pth(tmp_path / "ns.pth", state, args)
     model = Cut3r.from_official(path)

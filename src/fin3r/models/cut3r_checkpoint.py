@@ -8,7 +8,8 @@ inert stand-ins registered under the OmegaConf class names (``omegaconf.dictconf
 the plain type objects OmegaConf stores as metadata (``typing.Any``, ``dict``, ``list``, ...). A
 stand-in only records the pickled state as data; :func:`plain_config` turns the tree into plain
 dicts/lists. No OmegaConf code runs, nothing is evaluated, any other global is refused. Files
-whose ``args`` is an ``argparse.Namespace`` (as fin3r writes them) are read too.
+whose ``args`` is an ``argparse.Namespace`` (as fin3r writes them) are read too, and numpy scalars
+(e.g. ``best_so_far``) are allowed.
 
 The architecture is never built from the file: ``args.model``
 (``"ARCroco3DStereo(ARCroco3DStereoConfig(k=v, ...))"``) is parsed with :mod:`ast` (literals only)
@@ -86,6 +87,21 @@ OMEGACONF_SAFE_GLOBALS: list[Any] = [
 ]
 
 
+def _numpy_safe_globals() -> list[Any]:
+    """numpy scalars (training files store e.g. ``best_so_far`` as ``np.float64``): the scalar
+    reconstructor under its numpy 1 and 2 names, ``np.dtype`` and the common dtype classes."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a torch dependency in practice
+        return []
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    dtypes = getattr(np, "dtypes", None)
+    classes = [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
+                                            "Int32DType", "BoolDType") if dtypes is not None and hasattr(dtypes, n)]
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype, *classes]
+
+
 def plain_config(obj: Any) -> Any:
     """The stand-in tree of a pickled OmegaConf config as plain dicts/lists/values (missing or
     interpolation strings are returned as they are, unresolved)."""
@@ -113,7 +129,7 @@ def load_pth(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        with torch.serialization.safe_globals(OMEGACONF_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(OMEGACONF_SAFE_GLOBALS + _numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = str(e).strip().splitlines()
