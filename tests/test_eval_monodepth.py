@@ -115,7 +115,7 @@ def test_oracle_scores_perfectly_empty_instances_are_excluded_and_resume(tmp_pat
     folder = _bench(tmp_path, n=3, empty=(1,))
     oracle = _Oracle(folder, ["scene/000", "scene/002"], 24, 32)
     out = tmp_path / "out"
-    res = evaluate_monodepth(oracle, tmp_path, ["toy"], out_dir=out, progress=False)
+    res = evaluate_monodepth(oracle, tmp_path, ["toy"], out_dir=out, progress=False, model_tag="oracle")
     s = res["benchmarks"]["toy"]
     assert s["num_images"] == 2 and s["num_excluded"] == 1 and res["excluded"]["toy"] == ["scene/001"]
     assert s["depth_scale_invariant"]["rel"] < 1e-6 and s["depth_scale_invariant"]["delta1"] == 1.0
@@ -128,11 +128,13 @@ def test_oracle_scores_perfectly_empty_instances_are_excluded_and_resume(tmp_pat
     assert "Excluded instances" in (out / "monodepth.md").read_text()
     assert json.loads((out / "monodepth.json").read_text())["benchmarks"]["toy"]["num_excluded"] == 1
     calls = oracle.calls
-    again = evaluate_monodepth(oracle, tmp_path, ["toy"], out_dir=out, progress=False)
+    again = evaluate_monodepth(oracle, tmp_path, ["toy"], out_dir=out, progress=False, model_tag="oracle")
     assert oracle.calls == calls and again["benchmarks"] == res["benchmarks"]  # resumed, not re-run
-    evaluate_monodepth(oracle, tmp_path, ["toy"], out_dir=out, progress=False,
+    evaluate_monodepth(oracle, tmp_path, ["toy"], out_dir=out, progress=False, model_tag="oracle",
                        config=MonodepthConfig(variants=["depth_scale_invariant"]))
-    assert oracle.calls > calls  # different settings: evaluated again
+    assert oracle.calls == calls + 2  # different settings: evaluated again
+    evaluate_monodepth(oracle, tmp_path, ["toy"], out_dir=out, progress=False)
+    assert oracle.calls == calls + 4  # no model tag: never resumed
 
 
 def test_world_export_and_a_tiny_model_end_to_end(tmp_path):

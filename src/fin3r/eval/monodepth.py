@@ -239,7 +239,8 @@ def evaluate_monodepth(
         out_dir: where to write ``monodepth/<bench>.json``, ``<bench>.csv`` (per image),
             ``monodepth.json`` and ``monodepth.md``; a benchmark whose JSON exists with the same
             settings and ``model_tag`` is read back instead of re-evaluated (``resume``).
-        model_tag: names the model/adapter in the outputs and the resume signature.
+        model_tag: names the model/adapter in the outputs and the resume signature; without a
+            tag nothing is resumed (the weights themselves are not hashed).
 
     Returns:
         ``{"benchmarks": {name: summary}, "mean": {...}, "records": {name: [per image]},
@@ -257,7 +258,7 @@ def evaluate_monodepth(
         folder, spec = resolve_benchmark(root, name, config)
         sig = _signature(name, spec, config, model_tag)
         bench_json = out / "monodepth" / f"{name}.json" if out is not None else None
-        if resume and bench_json is not None and bench_json.is_file():
+        if resume and model_tag and bench_json is not None and bench_json.is_file():
             saved = json.loads(bench_json.read_text())
             if saved.get("signature") == sig:
                 log.info("benchmark %s: read back from %s", name, bench_json)
