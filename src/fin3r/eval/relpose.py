@@ -331,7 +331,7 @@ def evaluate_relpose(
     {"auc@5", "auc@10", "auc@20", "auc_sym@..", "auc_signed@..", "median_rot", "median_trans",
     "num_pairs", "num_failed", ...}}, "mean": {...}, "records": {benchmark: [per pair]}}`` (AUC as
     fractions). With ``out_dir``: ``relpose.json``, ``relpose_pairs.csv`` and ``relpose.md``; a
-    finished run with the same settings is read back (``resume``)."""
+    finished run with the same settings and a non-empty ``model_tag`` is read back (``resume``)."""
     from tqdm.auto import tqdm
 
     config = config or RelposeConfig()
@@ -340,7 +340,7 @@ def evaluate_relpose(
     folder = Path(root) / benchmark
     out = Path(out_dir) if out_dir is not None else None
     settings = dict(config=asdict(config), model=model_tag, benchmark=benchmark)
-    if resume and out is not None and (out / "relpose.json").is_file():
+    if resume and model_tag and out is not None and (out / "relpose.json").is_file():
         saved = json.loads((out / "relpose.json").read_text())
         if saved.get("settings") == settings:
             return saved
