@@ -135,6 +135,13 @@ def _config(cls, args, extra: dict):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    with torch.no_grad():  # a context, not a process-wide switch: callers keep their grad mode
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fin3r.errors import Fin3rError
@@ -162,9 +169,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{task}: {f}")
         return 0
 
-    import torch
-
-    torch.set_grad_enabled(False)
     model, tag = _load_model(args)
     out = Path(args.out or Path("eval_out") / tag.replace("/", "_"))
     progress = not args.quiet
