@@ -460,16 +460,16 @@ class FinetuneConfig:
     steps: int = 600
     mono_fraction: float = 0.5
     batch_size: int = 16
-    lr: float = 1e-2
+    lr: float = 1e-3
     min_lr_frac: float = 0.1
     warmup_steps: int = 20
     targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
     rank: int = 8
     alpha: float = 8.0
     mode: str | None = "weight_row"
-    distill_weight: float = 1.0
+    distill_weight: float = 3.0
     replay_weight: float = 1.0
-    rho: str = "sq"
+    rho: str = "abs"
     lam: float = 0.2
 
 
