@@ -2,6 +2,7 @@
 multi-view pairs, bad inputs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,81 @@ def test_depth_png16_invalid_pixels(tmp_path):
     back = read_depth_png16(tmp_path / "d.png")
     assert scale == pytest.approx(4.0 / 65535)
     assert back[0, 0] == 0 and back[1, 0] == 0 and back[1, 1] == pytest.approx(4.0, rel=1e-6)
+
+
+def _make_cut3r_look_forward(model, images):
+    """A random CUT3R puts its points anywhere, so the focal length fitted to them
+    (``estimate_intrinsics``) can be <= 0. Shift its point heads' z output forward and, if needed,
+    turn their x/y by 180 degrees about the optical axis (a rigid change) so the fitted focal of
+    these views is positive, as for a trained model."""
+    from fin3r.infer import predict_views
+
+    heads = [model.downstream_head.dpt_self.head[4], model.downstream_head.dpt_cross.head[4]]
+    with torch.no_grad():
+        for conv in heads:
+            conv.bias[2] += 3.0
+        focal = predict_views(model, images).intrinsics[0, :, 0, 0]
+        if (focal < 0).all():
+            for conv in heads:
+                conv.weight[:2] *= -1
+                conv.bias[:2] *= -1
+        focal = predict_views(model, images).intrinsics[0, :, 0, 0]
+    assert (focal > 0).all(), f"test set-up: focal {focal.tolist()}"
+
+
+@pytest.mark.parametrize("name", ["vggt_tiny", "cut3r_tiny"])
+def test_cli_views_with_cameras(name, tmp_path):
+    """VGGT / CUT3R multi-view: cameras.json holds a rigid cam2world and a pinhole K per view, and
+    every view's .ply has one vertex per kept (valid, finite) pixel."""
+    from fin3r.models.registry import MODEL_CONFIGS
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = ["v0.png", "v1.png", "v2.png"]
+    scene = rng.integers(0, 255, (40, 80, 3), dtype=np.uint8)  # three overlapping crops of one picture
+    for i, n in enumerate(names):
+        Image.fromarray(scene[:, 4 * i : 4 * i + 60]).save(folder / n)
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    size = MODEL_CONFIGS[name]["img_size"]
+    size = max(size) if isinstance(size, (list, tuple)) else size
+    if name.startswith("cut3r"):
+        _make_cut3r_look_forward(model, [prepare_image(folder / n, size, model.patch_size) for n in names])
+    model_file = save_model(model, tmp_path / f"{name}.safetensors")
+    common = ["--model", str(model_file), "--views", "--npy", "--size", str(size), "--no-progress"]
+    out = tmp_path / "out"
+    assert main(["infer", str(folder), "--out", str(out), *common]) == 0
+    cameras_json = json.loads((out / "cameras.json").read_text())
+    cams = cameras_json["cameras"]
+    assert [c["image"] for c in cams] == names
+    summary = json.loads((out / "predictions.json").read_text())
+    total = 0
+    for cam, entry in zip(cams, summary["images"]):
+        T, K = np.array(cam["cam2world"]), np.array(cam["K"])
+        assert T.shape == (4, 4) and K.shape == (3, 3) and np.isfinite(T).all()
+        R = T[:3, :3]
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-4) and np.linalg.det(R) == pytest.approx(1.0, abs=1e-4)
+        assert np.allclose(T[3], [0, 0, 0, 1])
+        assert K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0, 0, 1]) and K[0, 1] == 0
+        h, w = entry["size"]
+        assert cameras_json["size"] == [h, w]
+        stem = Path(entry["image"]).stem
+        pts, rgb = read_ply(out / f"{stem}.ply")
+        assert np.load(out / f"{stem}_conf.npy").shape == (h, w)
+        assert len(pts) == entry["points"] == h * w and rgb.shape == (h * w, 3) and np.isfinite(pts).all()
+        assert (out / f"{stem}_depth.png").is_file()  # every view's depth in its own camera is known
+        total += len(pts)
+    assert len(read_ply(out / "scene.ply")[0]) == total
+    # a confidence threshold keeps exactly the pixels at or above it
+    threshold = float(np.median(np.load(out / "v1_conf.npy")))
+    out_thr = tmp_path / "out_thr"
+    assert main(["infer", str(folder), "--out", str(out_thr), "--conf-threshold", str(threshold), *common]) == 0
+    total = 0
+    for stem in ("v0", "v1", "v2"):
+        conf = np.load(out_thr / f"{stem}_conf.npy")
+        kept = int((conf >= threshold).sum())
+        pts, rgb = read_ply(out_thr / f"{stem}.ply")
+        assert len(pts) == len(rgb) == kept
+        total += kept
+    assert 0 < total < 3 * conf.size and len(read_ply(out_thr / "scene.ply")[0]) == total

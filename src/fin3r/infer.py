@@ -253,8 +253,10 @@ def write_view_outputs(out_dir: Path, stem: str, depth: Tensor | None, conf: Ten
 
 def write_cameras(out_dir: Path, pred: ViewsPrediction, names: Iterable[str]) -> Path | None:
     """Hook for models that predict cameras: ``cameras.json`` with per view ``cam2world`` (4x4,
-    OpenCV, relative to view 0) and ``K`` (3x3, pixels) where ``pred`` has them; ``None`` if the
-    model predicts no cameras (DUSt3R/MASt3R)."""
+    OpenCV axes, camera -> the world frame of the points, i.e. view 0's camera; view 0's own pose
+    is written as predicted, close to the identity) and ``K`` (3x3 intrinsics in pixels of the
+    processed ``size = [H, W]`` image) where ``pred`` has them; ``None`` if the model predicts no
+    cameras (DUSt3R/MASt3R)."""
     if pred.cam2world is None and pred.intrinsics is None:
         return None
     cameras = []
@@ -266,8 +268,8 @@ def write_cameras(out_dir: Path, pred: ViewsPrediction, names: Iterable[str]) ->
             cam["K"] = pred.intrinsics[0, i].float().cpu().tolist()
         cameras.append(cam)
     path = out_dir / "cameras.json"
-    path.write_text(json.dumps({"convention": "OpenCV, cam2world relative to view 0", "cameras": cameras},
-                               indent=2))
+    path.write_text(json.dumps({"convention": "OpenCV; cam2world: camera -> world = view 0's camera; K in pixels",
+                                "size": list(pred.pts3d.shape[2:4]), "cameras": cameras}, indent=2))
     return path
 
 
