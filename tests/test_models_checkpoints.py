@@ -166,3 +166,96 @@ def test_from_official_checks_the_family(tmp_path, tiny):
     assert _same_outputs(Dust3r.from_official(path), tiny)
     with pytest.raises(CheckpointError, match="not a Mast3r"):
         Mast3r.from_official(path)
+
+
+# --- Hugging Face export: config.json is what the official `from_pretrained` passes to its constructor ---
+#: parameters of the official constructors (data, read from the upstream sources):
+#: facebookresearch/vggt vggt/models/vggt.py `VGGT.__init__` (released code, PyTorchModelHubMixin)
+VGGT_OFFICIAL_PARAMS = ("img_size", "patch_size", "embed_dim", "enable_camera", "enable_point", "enable_depth",
+                        "enable_track")
+#: naver/dust3r@4c24a6e dust3r/model.py `AsymmetricCroCo3DStereo.__init__` (+ **croco_kwargs)
+DUST3R_OFFICIAL_PARAMS = ("output_mode", "head_type", "depth_mode", "conf_mode", "freeze", "landscape_only",
+                          "patch_embed_cls")
+#: naver/croco@d7de070 models/croco.py `CroCoNet.__init__` (receives **croco_kwargs; unknown names: TypeError)
+CROCO_OFFICIAL_PARAMS = ("img_size", "patch_size", "mask_ratio", "enc_embed_dim", "enc_depth", "enc_num_heads",
+                         "dec_embed_dim", "dec_depth", "dec_num_heads", "mlp_ratio", "norm_layer", "norm_im2_in_dec",
+                         "pos_embed")
+#: naver/mast3r@f5209af mast3r/model.py `AsymmetricMASt3R.__init__` (+ **kwargs to AsymmetricCroCo3DStereo)
+MAST3R_OFFICIAL_PARAMS = ("desc_mode", "two_confs", "desc_conf_mode")
+
+
+def _official_hub_class(params, var_kwargs):
+    """A stand-in with the official constructor's parameter names, loaded through the real
+    `PyTorchModelHubMixin.from_pretrained`: it records the kwargs it receives."""
+    hub = pytest.importorskip("huggingface_hub")
+
+    class Official(torch.nn.Module, hub.PyTorchModelHubMixin):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.received = kwargs
+
+    import inspect
+
+    p = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in params]
+    if var_kwargs:
+        p.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    Official.__init__.__signature__ = inspect.Signature([inspect.Parameter("self", 0)] + p)
+    Official._hub_mixin_init_parameters = dict(inspect.signature(Official.__init__).parameters)
+    return Official
+
+
+def test_vggt_hf_export_is_the_official_layout(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = build_model("vggt_tiny").eval()
+    folder = ckpt.save_hf_folder(model, tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text())
+    assert sorted(config) == sorted(VGGT_OFFICIAL_PARAMS)
+    assert config == {"img_size": 56, "patch_size": 14, "embed_dim": 24, "enable_camera": True,
+                      "enable_point": True, "enable_depth": True, "enable_track": False}
+    keys = set(load_file(str(folder / "model.safetensors")))
+    assert keys == set(model.official_state_dict()) and not any(k.startswith("track_head.") for k in keys)
+    official = _official_hub_class(VGGT_OFFICIAL_PARAMS, var_kwargs=False).from_pretrained(str(folder))
+    assert official.received == config
+    # the tiny architecture is not expressible in the official kwargs: fin3r's config rides beside it
+    assert json.loads((folder / ckpt.FIN3R_CONFIG_FILE).read_text()) == model.config_dict()
+    loaded = load_model(folder)
+    assert loaded.config_dict() == model.config_dict()
+    img = torch.rand(1, 2, 3, 28, 42, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(img)["world_points"], model(img)["world_points"])
+    # the official form alone (no sidecar) with a registry name; and an older fin3r-written config.json
+    (folder / ckpt.FIN3R_CONFIG_FILE).unlink()
+    assert load_model("vggt_tiny", checkpoint=folder).config_dict() == model.config_dict()
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in model.config_dict().items() if k != "family"}))
+    assert load_model(folder).config_dict() == model.config_dict()
+    (folder / "config.json").write_text(json.dumps({**config, "enable_point": False}))
+    with pytest.raises(CheckpointError, match="point"):
+        load_model(folder)
+
+
+def test_vggt_1b_hf_config_needs_no_sidecar():
+    model = build_model("vggt_1b", device="meta")
+    assert model.official_architecture and not build_model("vggt_tiny", device="meta").official_architecture
+    assert model.hf_config() == {"img_size": 518, "patch_size": 14, "embed_dim": 1024, "enable_camera": True,
+                                 "enable_point": True, "enable_depth": True, "enable_track": False}
+
+
+@pytest.mark.parametrize("name", ["dust3r_tiny", "mast3r_tiny"])
+def test_croco_hf_config_holds_official_kwargs_only(tmp_path, name):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    folder = ckpt.save_hf_folder(model, tmp_path / "hf")
+    text = (folder / "config.json").read_text()
+    config = json.loads(text)  # `inf` written as Python's json (and PyTorchModelHubMixin) writes it
+    assert '"depth_mode": [\n    "exp",\n    -Infinity,\n    Infinity\n  ]' in text
+    assert config["depth_mode"] == ["exp", -math.inf, math.inf]
+    outer = DUST3R_OFFICIAL_PARAMS + (MAST3R_OFFICIAL_PARAMS if name.startswith("mast3r") else ())
+    assert set(config) <= set(outer + CROCO_OFFICIAL_PARAMS) and not set(config) & ckpt.FIN3R_ONLY_ARGS
+    assert not (folder / ckpt.FIN3R_CONFIG_FILE).exists()
+    received = _official_hub_class(outer, var_kwargs=True).from_pretrained(str(folder)).received
+    assert {k: v for k, v in received.items() if k in config} == config
+    croco_kwargs = {k: v for k, v in received.items() if k not in outer}
+    assert set(croco_kwargs) <= set(CROCO_OFFICIAL_PARAMS)  # CroCoNet(**croco_kwargs) takes them all
+    assert _same_outputs(load_model(folder), model)  # DPT / MLP widths come back from the weight shapes

@@ -43,6 +43,9 @@ OFFICIAL_CLASSES: dict[str, str] = {
 IGNORED_ARGS = frozenset({"patch_embed_cls", "landscape_only", "freeze", "mask_ratio"})
 #: our constructor arguments that the official constructors do not have (not written back)
 FIN3R_ONLY_ARGS = frozenset({"dpt_layer_dims", "dpt_feature_dim", "dpt_last_dim", "head_hidden_dim_factor"})
+#: beside ``config.json`` in a Hugging Face folder: fin3r's full model config, written only when the
+#: official constructor's kwargs cannot describe the architecture (see :func:`save_hf_folder`)
+FIN3R_CONFIG_FILE = "fin3r_config.json"
 _NAMES = {"inf": math.inf, "nan": math.nan, "True": True, "False": False, "None": None}
 
 
@@ -308,22 +311,55 @@ def save_official_pth(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     return _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
+def hf_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The ``config.json`` of :func:`save_hf_folder`: the kwargs the official class's
+    ``PyTorchModelHubMixin.from_pretrained`` passes to its constructor.
+
+    - models with an ``hf_config()`` method (VGGT: ``img_size, patch_size, embed_dim, enable_*``);
+    - DUSt3R / MASt3R: :func:`official_kwargs` (no fin3r-only DPT/MLP widths: the official
+      constructor takes ``**croco_kwargs`` and would fail on them; our reader infers them from the
+      weight shapes), tuples as lists;
+    - other families (CUT3R): our constructor kwargs.
+    """
+    if hasattr(model, "hf_config"):
+        return model.hf_config()
+    if model.config_dict()["family"] in OFFICIAL_CLASSES.values():
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in official_kwargs(model).items()}
+    config = dict(model.config_dict())
+    config.pop("family")
+    return config
+
+
 def save_hf_folder(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
-    """Write the Hugging Face layout: ``config.json`` (constructor kwargs) + ``model.safetensors``
-    (official keys without the ``layer_rn`` aliases, as ``PyTorchModelHubMixin`` saves them)."""
+    """Write the Hugging Face layout: ``config.json`` (:func:`hf_config`) + ``model.safetensors``
+    (official keys without the ``layer_rn`` aliases, as ``PyTorchModelHubMixin`` saves them).
+
+    ``config.json`` is written like ``PyTorchModelHubMixin`` writes it (``json.dumps(config,
+    sort_keys=True, indent=2)``), so ``inf`` in ``depth_mode`` / ``conf_mode`` becomes ``Infinity``:
+    not strict JSON, but what Python's ``json`` (and so ``from_pretrained``) reads back as ``inf``.
+    When the official ``config.json`` cannot describe the architecture (tiny VGGTs: the official
+    constructor hard-codes depth, heads and DPT widths) our full config goes to
+    :data:`FIN3R_CONFIG_FILE` beside it, which fin3r's loader reads and ``from_pretrained`` ignores.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.official_state_dict().items()
           if ".scratch.layer_rn." not in k}
-    config = dict(model.config_dict())
-    config.pop("family")
-    _atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    config = hf_config(model)
+    _atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, sort_keys=True, indent=2)))
+    sidecar = folder / FIN3R_CONFIG_FILE
+    if getattr(model, "official_architecture", True):
+        sidecar.unlink(missing_ok=True)  # a stale one would override config.json
+    else:
+        full = model.config_dict()
+        _atomic(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(full, sort_keys=True, indent=2)))
     _atomic(folder / "model.safetensors", lambda tmp: save_file(sd, tmp))
     return folder
 
 
 __all__ = ["OFFICIAL_CLASSES", "IGNORED_ARGS", "parse_constructor", "strip_module_and_dpt_aliases", "model_config", "infer_widths",
            "read_official_pth", "read_hf_folder", "read_safetensors", "read_any", "to_fin3r_keys",
-           "constructor_string", "official_kwargs", "save_official_pth", "save_hf_folder"]
+           "constructor_string", "official_kwargs", "save_official_pth", "hf_config", "save_hf_folder",
+           "FIN3R_CONFIG_FILE"]

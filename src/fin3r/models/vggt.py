@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from fin3r.errors import CheckpointError, Fin3rError
 from fin3r.geometry import depth_to_points
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
+from fin3r.models.checkpoints import FIN3R_CONFIG_FILE
 from fin3r.models.layers.camera_head import CameraHead, pose_encoding_to_cameras
 from fin3r.models.layers.dinov2 import DinoV2Encoder
 from fin3r.models.layers.dpt_vggt import VggtDPTHead
@@ -62,6 +63,13 @@ VGGT_TINY_CONFIG: dict[str, Any] = dict(
     encoder_depth=2, encoder_num_heads=2, dpt_features=8, dpt_out_channels=[4, 8, 16, 16],
     dpt_layers=[0, 1, 2, 3], camera_trunk_depth=2, camera_num_heads=2,
 )
+
+#: the parameters of the official ``VGGT.__init__`` (facebookresearch/vggt, ``vggt/models/vggt.py``),
+#: the keys ``PyTorchModelHubMixin`` writes to ``config.json``
+VGGT_OFFICIAL_ARGS = ("img_size", "patch_size", "embed_dim", "enable_camera", "enable_point", "enable_depth",
+                      "enable_track")
+#: the heads fin3r builds, by their official ``enable_*`` flag
+BUILT_HEADS = ("camera", "point", "depth")
 
 TRACK_HEAD_PREFIX = "track_head."
 
@@ -197,6 +205,21 @@ class Vggt(Reconstructor):
     def config_dict(self) -> dict[str, Any]:
         return {"family": self.family, **json.loads(json.dumps(self._config))}
 
+    def hf_config(self) -> dict[str, Any]:
+        """``config.json`` for the official ``VGGT.from_pretrained``: its constructor kwargs, with
+        ``enable_track=False`` (the weights hold no track head)."""
+        config = {k: self._config[k] for k in ("img_size", "patch_size", "embed_dim")}
+        return {**config, **{f"enable_{h}": True for h in BUILT_HEADS}, "enable_track": False}
+
+    @property
+    def official_architecture(self) -> bool:
+        """Whether the official constructor builds this architecture from :meth:`hf_config` (it
+        hard-codes everything but ``img_size``, ``patch_size`` and ``embed_dim`` to VGGT-1B's)."""
+        official = {**VGGT_1B_CONFIG, **{k: self._config[k] for k in ("img_size", "patch_size", "embed_dim")}}
+        ours = self.config_dict()
+        ours.pop("family")
+        return json.loads(json.dumps(official)) == ours
+
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Activation checkpointing of the encoder and aggregator blocks (as official training)."""
         self.aggregator.grad_checkpointing = enabled
@@ -308,12 +331,16 @@ class Vggt(Reconstructor):
 
         ``path``: ``model.pt`` (plain state_dict), a ``.safetensors`` file, or a Hugging Face folder
         (``config.json`` + ``model.safetensors`` or ``model.pt``). ``config``: constructor kwargs
-        (default: VGGT-1B, updated by the constructor arguments found in ``config.json``; others,
-        such as the official ``enable_*`` flags, are ignored).
+        (default: VGGT-1B, updated by the constructor arguments found in ``config.json`` and the
+        fin3r sidecar; ``enable_track`` is ignored, ``enable_camera/point/depth`` must not be false).
         The model is built on the meta device and the loaded tensors are assigned (no second copy
         of the 5 GB of weights).
         """
         hf_config, state_dict = read_vggt_checkpoint(path)
+        disabled = [h for h in BUILT_HEADS if hf_config.get(f"enable_{h}", True) is False]
+        if disabled:
+            raise CheckpointError(f"{path}: config.json disables the {' and '.join(disabled)} head(s); fin3r's "
+                                  f"Vggt always builds the camera, point and depth heads")
         kwargs = dict(VGGT_1B_CONFIG)
         kwargs.update({k: v for k, v in hf_config.items() if k in VGGT_1B_CONFIG})
         kwargs.update(config or {})
@@ -381,11 +408,27 @@ def is_vggt_hf_folder(path: str | os.PathLike) -> bool:
         return False
 
 
+def _read_fin3r_config(path: Path) -> dict[str, Any]:
+    """The VGGT constructor kwargs in a fin3r sidecar config (``{}`` if there is none)."""
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict) or config.get("family") != "vggt":
+        raise CheckpointError(f"{path}: expected a fin3r VGGT config (a JSON object with family 'vggt')")
+    return {k: v for k, v in config.items() if k != "family"}
+
+
 def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(hf_config, state_dict)`` of an official VGGT file or Hugging Face folder.
 
-    ``hf_config`` is the folder's ``config.json`` (``{}`` for single files); ``module.`` prefixes are
-    stripped. Never unpickles anything but tensors (``torch.load(weights_only=True)``).
+    ``hf_config`` is the folder's ``config.json`` (``{}`` for single files), either form: the official
+    constructor kwargs (``img_size, patch_size, embed_dim, enable_*``) or fin3r's (older fin3r
+    exports), updated by a fin3r sidecar (:data:`~fin3r.models.checkpoints.FIN3R_CONFIG_FILE`) if
+    present; ``module.`` prefixes are stripped. Never unpickles anything but tensors
+    (``torch.load(weights_only=True)``).
     """
     path = Path(path)
     if not path.exists():
@@ -400,6 +443,7 @@ def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
                 raise CheckpointError(f"{cfg}: not valid JSON ({e})") from e
             if not isinstance(hf_config, dict):
                 raise CheckpointError(f"{cfg}: expected a JSON object")
+        hf_config.update(_read_fin3r_config(path / FIN3R_CONFIG_FILE))
         for name in ("model.safetensors", "model.pt", "pytorch_model.bin"):
             if (path / name).exists():
                 path = path / name
@@ -415,5 +459,5 @@ def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
     return hf_config, state_dict
 
 
-__all__ = ["Vggt", "Aggregator", "VggtLoadReport", "VGGT_1B_CONFIG", "VGGT_TINY_CONFIG", "read_vggt_checkpoint",
-           "is_vggt_hf_folder", "drop_track_head", "slice_special_tokens"]
+__all__ = ["Vggt", "Aggregator", "VggtLoadReport", "VGGT_1B_CONFIG", "VGGT_TINY_CONFIG", "VGGT_OFFICIAL_ARGS",
+           "read_vggt_checkpoint", "is_vggt_hf_folder", "drop_track_head", "slice_special_tokens"]
