@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import sys
@@ -78,15 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def lr_at(step: int, args) -> float:
-    """Linear warm-up, then half-cycle cosine down to ``min_lr_frac * lr``."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    t = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-    lo = args.lr * args.min_lr_frac
-    return lo + (args.lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
-
-
 def parameter_groups(model, weight_decay: float):
     """AdamW groups as DUSt3R: no weight decay on biases and 1-D parameters (norms)."""
     decay, no_decay = [], []
@@ -121,6 +111,7 @@ def main(argv=None) -> int:
     from fin3r.demo import blur_depth, evaluate_world, floor_figures, pair_batch, render_world_views, sample_pairs
     from fin3r.losses import replay_loss
     from fin3r.models.registry import build_model
+    from fin3r.train.engine import lr_at  # linear warm-up, then half-cycle cosine (the engine's schedule)
 
     arch = dict(BASE_ARCH, **(json.loads(args.arch) if args.arch else {}))
     t0 = time.time()
@@ -163,7 +154,7 @@ def main(argv=None) -> int:
     step = 0
     stopped_early = False
     while step < args.steps:
-        lr = lr_at(step, args)
+        lr = lr_at(step, args.steps, args.warmup, args.lr, args.lr * args.min_lr_frac)
         for g in opt.param_groups:
             g["lr"] = lr
         scene, a, b = sample_pairs(gen, train.num_scenes, train.num_views, args.batch, args.self_frac)

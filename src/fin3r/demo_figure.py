@@ -101,7 +101,7 @@ def demo_figure(
     pad, title_h, left = 4, 18, 4
     tw, th = W * scale, H * scale
     grid_w = left + len(cols) * (tw + pad)
-    bars_h = 26 + 16 * 2 * len(norms) + 30
+    bars_h = 30 + 16 * len(norms) + 8
     fig_h = title_h + N * (th + pad) + bars_h
     fig = Image.new("RGB", (grid_w, fig_h), "white")
     draw = ImageDraw.Draw(fig)
@@ -124,7 +124,7 @@ def demo_figure(
         color = palette[idx % len(palette)]
         lbl = labels.get(name, name)[:22]
         for j, (v, vmax) in enumerate(((pre, max_pre), (post, max_post))):
-            x = left + j * (half + 150)
+            x = left + j * (half + 210)
             draw.text((x, y), lbl, fill="black", font=font)
             bw = int(half * v / vmax)
             draw.rectangle([x + 130, y + 2, x + 130 + bw, y + 12], fill=color)
