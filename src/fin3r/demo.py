@@ -196,14 +196,12 @@ def _scale_invariant(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def mean_token_norms(model, img: Tensor, batch: int = 64) -> tuple[Tensor, Tensor]:
-    """Per-image mean L2 norm of the encoder tokens, after and before the encoder's final norm:
-    ``img (B, 3, H, W) -> (post (B,), pre (B,))``."""
-    post, pre = [], []
-    for i in range(0, img.shape[0], batch):
-        x = img[i : i + batch]
-        post.append(model.encode(x).norm(dim=-1).mean(-1))
-        pre.append(model.encode_prenorm(x).norm(dim=-1).mean(-1))
-    return torch.cat(post), torch.cat(pre)
+    """Per-image mean L2 norm of the encoder tokens, after and before the encoder's final norm
+    (``fin3r.diagnose.token_norms``): ``img (B, 3, H, W) -> (post (B,), pre (B,))``."""
+    from fin3r.diagnose import token_norms
+
+    norms = token_norms(model, img, batch)
+    return norms["post"].reshape(img.shape[0], -1).mean(1), norms["pre"].reshape(img.shape[0], -1).mean(1)
 
 
 @torch.no_grad()
@@ -617,9 +615,7 @@ def finetune_variant(base, cfg: DemoConfig, name: str, datasets: dict, out_dir, 
     tc = variant_train_config(cfg, name, out_dir)
     ds = dict(datasets)
     if tc.data.replay_per_epoch == 0:
-        ds["replay"] = None
-    if tc.data.mono_per_epoch == 0:  # the sampler skips a source with count 0
-        ds["mono"] = datasets["mono"]
+        ds["replay"] = None  # (a source with count 0 -- e.g. mono in the control -- is skipped by the sampler)
     result = train(tc, model=copy.deepcopy(base), datasets=ds, hooks=hooks)
     return result.model.eval(), result
 
