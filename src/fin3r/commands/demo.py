@@ -27,11 +27,12 @@ Examples:
   fin3r demo
   fin3r demo --quick
   fin3r demo --ablation
-  fin3r demo finetune.steps=1000 finetune.lr=5e-3
+  fin3r demo finetune.steps=1000 finetune.distill_weight=10
   fin3r demo --config configs/demo.yaml --out runs/demo_b"""
 
 #: what --quick changes (configs/demo_quick.yaml holds the same values)
 QUICK_OVERRIDES = [
+    "out_dir=runs/demo_quick",
     "world.label_scenes=64",
     "world.replay_scenes=64",
     "world.replay_pairs=1024",
