@@ -775,6 +775,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     from pathlib import Path
 
     t_start = time.time()
+    threads_before = torch.get_num_threads()
     timings: dict[str, float] = {}
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -882,6 +883,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=1))
     md = report_markdown(report)
     (out / "report.md").write_text(md)
+    torch.set_num_threads(threads_before)
     return report
 
 
