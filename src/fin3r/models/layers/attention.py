@@ -37,6 +37,8 @@ class Attention(nn.Module):
         subclasses override this to change how q and k are prepared (norms, precision)."""
         if self.rope is None:
             return q, k
+        if pos is None:
+            raise ValueError("this attention layer uses RoPE2D and needs token positions")
         cos, sin = self.rope.cos_sin(pos, q.shape[-1])
         return self.rope.rotate(q, cos, sin), self.rope.rotate(k, cos, sin)
 

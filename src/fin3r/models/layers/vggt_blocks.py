@@ -18,10 +18,10 @@ k_norm, proj}, ls1.gamma, norm2, mlp.{fc1, fc2}, ls2.gamma`` -- the official one
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from fin3r.models.layers.attention import Attention
 from fin3r.models.layers.mlp import Mlp
 from fin3r.models.layers.rope2d import RoPE2D
 
@@ -37,34 +37,18 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class QKNormAttention(nn.Module):
+class QKNormAttention(Attention):
     """Self-attention ``(x (B, N, C), pos (B, N, 2) | None) -> (B, N, C)`` on SDPA, with optional
-    per-head q/k LayerNorm (eps 1e-5) applied before the optional RoPE2D."""
+    per-head q/k LayerNorm (eps 1e-5) applied before the optional RoPE2D (VGGT's order)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: RoPE2D | None = None):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, qkv_bias=True, rope=rope)
         head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
         self.q_norm = nn.LayerNorm(head_dim, eps=1e-5) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(head_dim, eps=1e-5) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-        self.rope = rope
 
-    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, heads, N, d)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None:
-            if pos is None:
-                raise ValueError("this attention layer uses RoPE2D and needs token positions")
-            cos, sin = self.rope.cos_sin(pos, q.shape[-1])
-            q, k = self.rope.rotate(q, cos, sin), self.rope.rotate(k, cos, sin)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+    def rope_qk(self, q: Tensor, k: Tensor, pos: Tensor | None) -> tuple[Tensor, Tensor]:
+        return super().rope_qk(self.q_norm(q), self.k_norm(k), pos)
 
 
 class LayerScaleBlock(nn.Module):
