@@ -36,6 +36,7 @@ from fin3r.eval.metrics import key_average
 from fin3r.eval.model_io import MonoPredictor, mono_predictor
 from fin3r.eval.moge_layout import list_instances, load_instance
 from fin3r.eval.mono_scoring import DEPTH_VARIANTS, MonoGT, score_mono
+from fin3r.eval.report import save_result, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +197,6 @@ def evaluate_benchmark(
     return {"summary": summary, "records": records, "excluded": excluded}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_records_csv(path: Path, records: Sequence[dict]) -> None:
     """Per-image CSV: ``name, valid_pixels, <variant>.<metric>...``."""
     cols: list[str] = []
@@ -271,7 +266,7 @@ def evaluate_monodepth(
         result["records"][name] = res["records"]
         result["excluded"][name] = res["excluded"]
         if bench_json is not None:
-            _write_atomic(bench_json, json.dumps({"signature": sig, "benchmark": name, **res}, indent=1, allow_nan=True))
+            save_result(bench_json, {"signature": sig, "benchmark": name, **res})
             write_records_csv(bench_json.with_suffix(".csv"), res["records"])
     metric_keys = [{k: v for k, v in s.items() if isinstance(v, dict)} for s in result["benchmarks"].values()]
     result["mean"] = key_average(metric_keys)
@@ -280,7 +275,7 @@ def evaluate_monodepth(
         from fin3r.eval.report import monodepth_table
 
         summary = {k: result[k] for k in ("task", "model", "config", "benchmarks", "mean", "excluded")}
-        _write_atomic(out / "monodepth.json", json.dumps(summary, indent=1, allow_nan=True))
-        _write_atomic(out / "monodepth.md", monodepth_table(summary, config.table_variant))
+        save_result(out / "monodepth.json", summary)
+        write_text_atomic(out / "monodepth.md", monodepth_table(summary, config.table_variant))
     return result
 

@@ -13,7 +13,6 @@ RMVD's "best over a growing number of source views" is not applied (one fixed vi
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from fin3r.eval.alignment import median_scale
 from fin3r.eval.metrics import key_average
 from fin3r.eval.model_io import default_num_views, predict_views_resized
+from fin3r.eval.report import save_result
 from fin3r.eval.scenes import list_scenes, load_frame, read_scene
 
 __all__ = ["MultiViewConfig", "evaluate_mvdepth", "keyframes", "benchmark_settings"]
@@ -75,13 +75,6 @@ def keyframes(frames: list, config: MultiViewConfig) -> list:
     """Every ``kf_every``-th frame, at most ``max_frames``."""
     kf = frames[:: max(1, config.kf_every)]
     return kf[: config.max_frames] if config.max_frames else kf
-
-
-def _write(out: Path, name: str, result: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, allow_nan=True))
-    os.replace(tmp, out / f"{name}.json")
 
 
 def evaluate_mvdepth(
@@ -136,5 +129,5 @@ def evaluate_mvdepth(
               "mean": {k: summary.get(k) for k in ("absrel", "inliers103")}, "records": {benchmark: records},
               "excluded": {benchmark: excluded}}
     if out_dir is not None:
-        _write(Path(out_dir), "mvdepth", result)
+        save_result(Path(out_dir) / "mvdepth.json", result)
     return result

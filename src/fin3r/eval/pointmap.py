@@ -30,7 +30,8 @@ from torch import Tensor
 from fin3r.eval.alignment import umeyama_sim3
 from fin3r.eval.metrics import accuracy_completeness, key_average, nearest_neighbors
 from fin3r.eval.model_io import default_num_views, predict_views_resized
-from fin3r.eval.mvdepth import MultiViewConfig, _write, benchmark_settings, keyframes
+from fin3r.eval.mvdepth import MultiViewConfig, benchmark_settings, keyframes
+from fin3r.eval.report import save_result
 from fin3r.eval.scenes import list_scenes, load_frame, read_scene
 from fin3r.geometry import depth_to_points, invert_rigid, scale_intrinsics, transform_points
 
@@ -175,5 +176,5 @@ def evaluate_pointmap(
               "mean": {k: summary.get(k) for k in keys}, "records": {benchmark: records},
               "excluded": {benchmark: excluded}}
     if out_dir is not None:
-        _write(Path(out_dir), "pointmap", result)
+        save_result(Path(out_dir) / "pointmap.json", result)
     return result

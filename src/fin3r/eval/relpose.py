@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from torch import Tensor
 from fin3r.errors import InputError
 from fin3r.eval.metrics import pose_auc, pose_errors
 from fin3r.eval.model_io import model_input_size, resize_image
+from fin3r.eval.report import save_result
 from fin3r.geometry import invert_rigid, scale_intrinsics
 
 log = logging.getLogger(__name__)
@@ -383,10 +383,7 @@ def evaluate_relpose(
               "settings": settings, "benchmarks": {benchmark: s}, "mean": {k: v for k, v in s.items() if k.startswith("auc")},
               "records": {benchmark: records}}
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "relpose.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out / "relpose.json")
+        save_result(out / "relpose.json", result)
         import csv
 
         with open(out / "relpose_pairs.csv", "w", newline="") as f:
