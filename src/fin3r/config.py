@@ -23,6 +23,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from fin3r.errors import Fin3rError
+from fin3r.io import write_text_atomic
 
 T = TypeVar("T")
 
@@ -199,8 +200,4 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write a config as YAML (atomically: temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))

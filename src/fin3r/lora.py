@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from torch import Tensor, nn
 
 from fin3r import __version__
 from fin3r.errors import CheckpointError, Fin3rError
+from fin3r.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -494,14 +494,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_name: str = "",
     tensors = {k: v.to("cpu").contiguous().clone() for k, v in adapter_state_dict(model).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={HEADER_KEY: text})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={HEADER_KEY: text}))
     return header
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from fin3r.io import atomic_write
 from fin3r.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -110,19 +109,6 @@ def label_paths(labels_root: str | Path, key: str) -> dict[str, Path]:
             "npy": base.with_name(base.name + ".depth.npy"), "mask": base.with_name(base.name + ".mask.png")}
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_label(labels_root: str | Path, key: str, depth: Any, mask: Any, meta: dict[str, Any] | None = None,
                 fmt: str = "png") -> Path:
     """Store one label (depth ``(H, W)``, mask ``(H, W)``) under ``key``; returns the sidecar
@@ -141,7 +127,7 @@ def write_label(labels_root: str | Path, key: str, depth: Any, mask: Any, meta: 
         info = PngImagePlugin.PngInfo()
         info.add_text("near", repr(near))
         info.add_text("far", repr(far))
-        _atomic(paths["png"], lambda t: Image.fromarray(codes).save(t, format="PNG", pnginfo=info))
+        atomic_write(paths["png"], lambda t: Image.fromarray(codes).save(t, format="PNG", pnginfo=info))
         sidecar.update(near=near, far=far, depth_file=paths["png"].name)
     elif fmt == "npy":
         values = np.where(mask, depth, 0).astype(np.float16)
@@ -150,13 +136,13 @@ def write_label(labels_root: str | Path, key: str, depth: Any, mask: Any, meta: 
             with open(t, "wb") as f:
                 np.save(f, values)
 
-        _atomic(paths["npy"], save_npy)
+        atomic_write(paths["npy"], save_npy)
         sidecar.update(depth_file=paths["npy"].name)
     else:
         raise InputError(f"label format must be 'png' or 'npy', got {fmt!r}")
-    _atomic(paths["mask"], lambda t: Image.fromarray(mask.astype(np.uint8) * 255).save(t, format="PNG"))
+    atomic_write(paths["mask"], lambda t: Image.fromarray(mask.astype(np.uint8) * 255).save(t, format="PNG"))
     sidecar["mask_file"] = paths["mask"].name
-    _atomic(paths["json"], lambda t: Path(t).write_text(json.dumps(sidecar, indent=1, default=str)))
+    atomic_write(paths["json"], lambda t: Path(t).write_text(json.dumps(sidecar, indent=1, default=str)))
     return paths["json"]
 
 

@@ -25,7 +25,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,8 @@ from fin3r.eval.metrics import key_average
 from fin3r.eval.model_io import MonoPredictor, mono_predictor
 from fin3r.eval.moge_layout import list_instances, load_instance
 from fin3r.eval.mono_scoring import DEPTH_VARIANTS, MonoGT, score_mono
-from fin3r.eval.report import save_result, write_text_atomic
+from fin3r.eval.report import save_result
+from fin3r.io import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,14 @@ def write_records_csv(path: Path, records: Sequence[dict]) -> None:
             if c not in cols:
                 cols.append(c)
         rows.append(flat)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def evaluate_monodepth(

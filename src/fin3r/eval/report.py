@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-__all__ = ["monodepth_table", "summary_table", "compare_results", "load_result", "save_result",
-           "write_text_atomic", "PERCENT_KEYS"]
+from fin3r.io import write_text_atomic
+
+__all__ = ["monodepth_table", "summary_table", "compare_results", "load_result", "save_result", "PERCENT_KEYS"]
 
 #: leaf metric names printed x 100
 PERCENT_KEYS = {"rel", "delta1", "delta2", "delta3", "delta103", "rel_edge", "delta1_edge", "sq_rel",
@@ -37,15 +37,6 @@ def _arrow(key: str) -> str:
 def load_result(path: str | Path) -> dict:
     """Read a result JSON written by ``fin3r eval``."""
     return json.loads(Path(path).read_text())
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file beside it, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_result(path: str | Path, result: dict) -> None:

@@ -25,13 +25,13 @@ import json
 import math
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from fin3r.io import atomic_write
 from fin3r.errors import CheckpointError
 
 #: official class name in ``args.model`` -> our family name
@@ -289,26 +289,13 @@ def constructor_string(model: torch.nn.Module) -> str:
     return f"{names[0]}({kwargs})"
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_official_pth(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Write ``{'model': official_state_dict(), 'args': Namespace(model=<ctor string>)}``: loads in
     the original repository (``load_model``) and back here. Tiny models with non-official DPT
     widths load here only (the official constructor hard-codes the widths)."""
     sd = {k: v.detach().cpu() for k, v in model.official_state_dict().items()}
     obj = {"model": sd, "args": argparse.Namespace(model=constructor_string(model))}
-    return _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def hf_config(model: torch.nn.Module) -> dict[str, Any]:
@@ -348,14 +335,14 @@ def save_hf_folder(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
     sd = {k: v.detach().cpu().contiguous() for k, v in model.official_state_dict().items()
           if ".scratch.layer_rn." not in k}
     config = hf_config(model)
-    _atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, sort_keys=True, indent=2)))
+    atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, sort_keys=True, indent=2)))
     sidecar = folder / FIN3R_CONFIG_FILE
     if getattr(model, "official_architecture", True):
         sidecar.unlink(missing_ok=True)  # a stale one would override config.json
     else:
         full = model.config_dict()
-        _atomic(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(full, sort_keys=True, indent=2)))
-    _atomic(folder / "model.safetensors", lambda tmp: save_file(sd, tmp))
+        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(full, sort_keys=True, indent=2)))
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(sd, tmp))
     return folder
 
 

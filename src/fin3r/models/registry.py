@@ -16,13 +16,13 @@ import importlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fin3r.errors import CheckpointError
+from fin3r.io import atomic_write
 from fin3r.models.base import Reconstructor
 from fin3r.models.cut3r import CUT3R_CONFIGS
 
@@ -133,14 +133,7 @@ def save_model(model: Reconstructor, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": "fin3r", "config": json.dumps(model.config_dict())}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 

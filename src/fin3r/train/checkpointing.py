@@ -8,7 +8,6 @@ any moment (SIGKILL included) leaves either the previous or the new checkpoint, 
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from fin3r.errors import CheckpointError
+from fin3r.io import atomic_write
 
 FORMAT = "fin3r-train-state-v1"
 
@@ -64,14 +64,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
