@@ -11,6 +11,11 @@ detail: it never sees sharp depth. Its supervision is the depth average-pooled b
 (default 8 = the patch size) and bilinearly up-sampled. The point of the demo is that a sharp
 monocular teacher can then add the missing detail through the encoder alone.
 
+The packaged base took two phases: ``--pool 8`` from random weights, then ``--init`` that
+checkpoint with ``--pool 16`` (coarser supervision, so that the base's remaining error is mostly
+missing detail); the exact commands are in ``docs/demo.md`` and in the card (phase 1 under
+``init``).
+
 Reproducible from ``--seed`` (single-threaded CPU run); prints its trajectory (held-out figures
 from :func:`fin3r.demo.evaluate_world`) and writes, every ``--ckpt-every`` seconds and at the end:
 
@@ -27,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import sys
 import time
@@ -88,18 +92,12 @@ def parameter_groups(model, weight_decay: float):
 
 
 def save_checkpoint(model, out: Path, card: dict) -> None:
-    """fp16 safetensors via the shared ``save_model`` (atomic), plus the JSON card beside it."""
+    """fp16 safetensors via the shared ``save_model``, plus the JSON card beside it (both atomic)."""
+    from fin3r.io import write_text_atomic
     from fin3r.models.registry import save_model
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    half = copy.deepcopy(model).half()
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    save_model(half, tmp)
-    os.replace(tmp, out)
-    card_path = out.with_suffix(".json")
-    tmp_card = card_path.with_name(card_path.name + ".tmp")
-    tmp_card.write_text(json.dumps(card, indent=1))
-    os.replace(tmp_card, card_path)
+    save_model(copy.deepcopy(model).half(), out)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(card, indent=1))
 
 
 def main(argv=None) -> int:
@@ -146,6 +144,14 @@ def main(argv=None) -> int:
         "floor_blurred_gt": floor,
         "trajectory": [],
     }
+    if args.init is not None:
+        # a second phase: keep the first phase's card, so the card alone says how to rebuild the base
+        init_card = Path(args.init).with_suffix(".json")
+        card["init"] = {"path": str(args.init)}
+        if init_card.is_file():
+            prev = json.loads(init_card.read_text())
+            card["init"].update({k: prev[k] for k in ("recipe", "command", "steps_done", "minutes", "machine",
+                                                      "floor_blurred_gt", "trajectory", "init") if k in prev})
     print(f"model: {n_params / 1e6:.2f} M params; {args.steps} steps of {args.batch} pairs, lr {args.lr}", flush=True)
 
     t_train = time.time()

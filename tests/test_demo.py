@@ -154,7 +154,7 @@ def test_evaluate_world_scores_the_truth_as_perfect(world):
 
 
 def test_variant_configs_have_equal_steps():
-    cfg = DemoConfig(finetune=FinetuneConfig(steps=10, batch_size=4))
+    cfg = DemoConfig(finetune=FinetuneConfig(steps=10, batch_size=4, mono_fraction=0.5))
     per_step = {}
     for name in ("fin3r", "replay_only", "naive_lora", "renorm_output_replay"):
         tc = variant_train_config(cfg, name, "unused")

@@ -456,9 +456,9 @@ class FinetuneConfig:
     """
 
     steps: int = 600
-    mono_fraction: float = 0.5
+    mono_fraction: float = 0.75
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_frac: float = 0.1
     warmup_steps: int = 20
     targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])

@@ -26,6 +26,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have given
+        # (or the mode of the file it replaces), so checkpoints stay readable on shared machines
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -34,6 +37,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

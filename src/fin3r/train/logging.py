@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from fin3r.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -67,12 +69,14 @@ class MetricsLogger:
             fields = fields + [k for k in record if k not in fields]
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
-                w.writeheader()
-                w.writerows(rows)
-            tmp.replace(path)
+
+            def rewrite(tmp: str) -> None:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=fields)
+                    w.writeheader()
+                    w.writerows(rows)
+
+            atomic_write(path, rewrite)
         self._csv_fields[kind] = fields
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(record)
