@@ -52,3 +52,13 @@ def test_replacing_a_file_keeps_its_mode(tmp_path):
     os.chmod(path, 0o640)
     write_text_atomic(path, "y")
     assert _mode(path) == 0o640 and path.read_text() == "y"
+
+
+def test_write_csv_atomic_fills_missing_columns(tmp_path):
+    import csv
+
+    from fin3r.io import write_csv_atomic
+
+    path = write_csv_atomic(tmp_path / "r.csv", ["a", "b"], [{"a": 1, "b": 2}, {"a": 3}])
+    with open(path, newline="") as f:
+        assert list(csv.reader(f)) == [["a", "b"], ["1", "2"], ["3", ""]]

@@ -267,3 +267,22 @@ def test_real_replay_reader_from_config(tmp_path):
         engine.build_datasets(tiny_config(tmp_path / "x", "data.replay_roots={scannet: /nowhere}"))
     result = train(cfg)
     assert result.steps == 2 and "loss_tartanair" in result.history[-1]
+
+
+def test_metrics_csv_grows_its_header_and_resumes(tmp_path):
+    import csv
+
+    from fin3r.train.logging import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger.log({"kind": "step", "step": 1, "loss": 0.5})
+    logger.log({"kind": "step", "step": 2, "loss": 0.4, "loss_mono": 0.3})  # a new column appears
+    logger.close()
+    resumed = MetricsLogger(tmp_path, tensorboard=False)  # a resumed run appends to the same file
+    resumed.log({"kind": "step", "step": 3, "loss": 0.2})
+    resumed.close()
+    with open(tmp_path / "metrics_step.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["kind", "step", "loss", "loss_mono"], ["step", "1", "0.5", ""], ["step", "2", "0.4", "0.3"],
+                    ["step", "3", "0.2", ""]]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -7,6 +7,7 @@ replaces the destination in one ``os.replace`` (atomic on POSIX and Windows with
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
@@ -49,3 +50,16 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_csv_atomic(path: str | os.PathLike, fields: list[str], rows: list[dict]) -> Path:
+    """Write ``rows`` (dicts; missing keys left empty) under the header ``fields`` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows(rows)
+
+    return atomic_write(path, write)
+

@@ -21,7 +21,6 @@ Python API (the CLI and the demo call this)::
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -36,7 +35,7 @@ from fin3r.eval.model_io import MonoPredictor, mono_predictor
 from fin3r.eval.moge_layout import list_instances, load_instance
 from fin3r.eval.mono_scoring import DEPTH_VARIANTS, MonoGT, score_mono
 from fin3r.eval.report import save_result
-from fin3r.io import atomic_write, write_text_atomic
+from fin3r.io import write_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +207,7 @@ def write_records_csv(path: Path, records: Sequence[dict]) -> None:
                 cols.append(c)
         rows.append(flat)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(path, write)
+    write_csv_atomic(path, cols, rows)
 
 
 def evaluate_monodepth(

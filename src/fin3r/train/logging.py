@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fin3r.io import atomic_write
+from fin3r.io import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,7 @@ class MetricsLogger:
             fields = fields + [k for k in record if k not in fields]
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))
-
-            def rewrite(tmp: str) -> None:
-                with open(tmp, "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=fields)
-                    w.writeheader()
-                    w.writerows(rows)
-
-            atomic_write(path, rewrite)
+            write_csv_atomic(path, fields, rows)
         self._csv_fields[kind] = fields
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(record)
