@@ -62,7 +62,7 @@ def _fin3r(name: str, mode: str) -> Callable[[argparse.Namespace], Runner]:
 
 def _official_dust3r(name: str) -> Callable[[argparse.Namespace], Runner]:
     def build(args: argparse.Namespace) -> Runner:
-        from fin3r.models.checkpoints import FIN3R_ONLY_ARGS
+        from fin3r.models.croco.checkpoint import FIN3R_ONLY_ARGS
         from fin3r.models.registry import MODEL_CONFIGS
 
         here = Path(__file__).resolve().parent  # this file is `models`, which croco's `models` package would hit

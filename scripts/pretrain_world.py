@@ -19,7 +19,7 @@ missing detail); the exact commands are in ``docs/demo.md`` and in the card (pha
 Reproducible from ``--seed`` (single-threaded CPU run); prints its trajectory (held-out figures
 from :func:`fin3r.demo.evaluate_world`) and writes, every ``--ckpt-every`` seconds and at the end:
 
-- ``OUT`` (fp16 safetensors through ``fin3r.models.registry.save_model``),
+- ``OUT`` (fp16 safetensors through ``fin3r.models.save_model``),
 - ``OUT`` with ``.json``: the card (recipe, steps, wall time, trajectory, final figures).
 
     OMP_NUM_THREADS=1 python scripts/pretrain_world.py --out src/fin3r/assets/demo_base.safetensors
@@ -94,7 +94,7 @@ def parameter_groups(model, weight_decay: float):
 def save_checkpoint(model, out: Path, card: dict) -> None:
     """fp16 safetensors via the shared ``save_model``, plus the JSON card beside it (both atomic)."""
     from fin3r.io import write_text_atomic
-    from fin3r.models.registry import save_model
+    from fin3r.models import save_model
 
     save_model(copy.deepcopy(model).half(), out)
     write_text_atomic(out.with_suffix(".json"), json.dumps(card, indent=1))
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
 
     from fin3r.demo import blur_depth, evaluate_world, floor_figures, pair_batch, render_world_views, sample_pairs
-    from fin3r.losses import replay_loss
+    from fin3r.models import replay_loss
     from fin3r.models.registry import build_model
     from fin3r.train.engine import lr_at  # linear warm-up, then half-cycle cosine (the engine's schedule)
 
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
     model = build_model(arch)
     if args.init is not None:
-        from fin3r.models.registry import load_model
+        from fin3r.models import load_model
 
         model.load_state_dict(load_model(str(args.init)).float().state_dict())
         print(f"initialised from {args.init}", flush=True)

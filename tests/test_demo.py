@@ -167,7 +167,7 @@ def test_variant_configs_have_equal_steps():
 
 
 def test_run_demo_tiny_end_to_end(tmp_path):
-    from fin3r.models.registry import build_model, save_model
+    from fin3r.models import build_model, save_model
 
     torch.manual_seed(0)
     base = build_model({"family": "dust3r", "head_type": "linear", "enc_embed_dim": 32, "enc_depth": 2,

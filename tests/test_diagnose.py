@@ -10,7 +10,7 @@ from PIL import Image
 from fin3r.cli import main
 from fin3r.diagnose import encoder_feature_norms, load_images
 from fin3r.lora import inject_lora, lora_modules, save_adapter
-from fin3r.models.registry import build_model, save_model
+from fin3r.models import build_model, save_model
 
 
 @pytest.fixture

@@ -139,7 +139,7 @@ def test_oracle_scores_perfectly_empty_instances_are_excluded_and_resume(tmp_pat
 
 def test_world_export_and_a_tiny_model_end_to_end(tmp_path):
     from fin3r.eval.world_benchmarks import export_world_benchmarks
-    from fin3r.models.registry import build_model
+    from fin3r.models import build_model
 
     torch.manual_seed(0)
     export_world_benchmarks(tmp_path / "data", num_images=2, height=32, width=48, tasks=("monodepth",))

@@ -131,7 +131,7 @@ def test_oracle_scores_perfectly_on_an_exported_world_scene_set(tmp_path):
 
 def test_tiny_pairwise_model_runs_both_protocols(tmp_path):
     from fin3r.eval.world_benchmarks import export_world_benchmarks
-    from fin3r.models.registry import build_model
+    from fin3r.models import build_model
 
     torch.manual_seed(0)
     export_world_benchmarks(tmp_path, num_scenes=1, views_per_scene=3, height=32, width=48, tasks=("multiview",))

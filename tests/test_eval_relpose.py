@@ -151,7 +151,7 @@ def test_evaluate_relpose_with_oracle_cameras_is_perfect_and_reports_sign_handli
 
 def test_tiny_models_run_every_solver(tmp_path):
     from fin3r.eval.world_benchmarks import export_world_benchmarks
-    from fin3r.models.registry import build_model
+    from fin3r.models import build_model
 
     torch.manual_seed(0)
     export_world_benchmarks(tmp_path, num_pairs=1, height=32, width=48, tasks=("relpose",))

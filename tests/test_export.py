@@ -9,7 +9,7 @@ import torch
 
 from fin3r.cli import main
 from fin3r.lora import inject_lora, lora_modules, read_adapter, save_adapter
-from fin3r.models.registry import build_model, load_model, save_model
+from fin3r.models import build_model, load_model, save_model
 
 PLAIN_TORCH_LOAD = r"""
 import argparse, sys

@@ -8,13 +8,9 @@ import torch
 
 from fin3r.errors import InputError
 from fin3r.geometry import invert_rigid, quaternion_to_matrix
-from fin3r.losses import (
-    distillation_loss,
-    dust3r_conf_regr3d_loss,
-    mono_distillation_loss,
-    replay_loss,
-    views_ground_truth,
-)
+from fin3r.losses import distillation_loss, mono_distillation_loss, views_ground_truth
+from fin3r.models import replay_loss
+from fin3r.models.croco.replay import dust3r_conf_regr3d_loss
 from fin3r.models.base import MonoPrediction, ViewsPrediction
 
 FIXTURES = Path(__file__).parent / "fixtures"

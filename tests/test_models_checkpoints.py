@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from fin3r.errors import CheckpointError
-from fin3r.models import checkpoints as ckpt
-from fin3r.models.registry import build_model, load_model
+from fin3r.models import io as model_io
+from fin3r.models import save_hf_folder
+from fin3r.models.croco import checkpoint as ckpt
+from fin3r.models import build_model, load_model
 
 DUST3R_512_DPT = ("AsymmetricCroCo3DStereo(pos_embed='RoPE100', patch_embed_cls='ManyAR_PatchEmbed', "
                   "img_size=(512, 512), head_type='dpt', output_mode='pts3d', depth_mode=('exp', -inf, inf), "
@@ -35,11 +37,11 @@ def _same_outputs(a, b):
 
 
 def test_parse_constructor_literals():
-    name, kwargs = ckpt.parse_constructor(DUST3R_512_DPT)
+    name, kwargs = model_io.parse_constructor(DUST3R_512_DPT)
     assert name == "AsymmetricCroCo3DStereo"
     assert kwargs["depth_mode"] == ("exp", -math.inf, math.inf)
     assert kwargs["img_size"] == (512, 512) and kwargs["enc_depth"] == 24
-    config = ckpt.model_config("dust3r", kwargs)
+    config = ckpt.model_config(ckpt.OFFICIAL_CLASSES[name], kwargs)
     assert "patch_embed_cls" not in config and config["family"] == "dust3r"
     assert build_model(config, device="meta").config_dict()["dpt_feature_dim"] == 256
 
@@ -55,7 +57,7 @@ def test_parse_constructor_literals():
 ])
 def test_parse_constructor_rejects_code(text, match):
     with pytest.raises(CheckpointError, match=match):
-        ckpt.parse_constructor(text)
+        model_io.parse_constructor(text)
 
 
 def test_official_pth_round_trip_with_namespace_pickle(tmp_path, tiny):
@@ -81,7 +83,7 @@ def test_real_training_style_checkpoint(tmp_path, tiny):
 
 
 def test_hf_folder_round_trip(tmp_path, tiny):
-    folder = ckpt.save_hf_folder(tiny, tmp_path / "hf")
+    folder = save_hf_folder(tiny, tmp_path / "hf")
     from safetensors.torch import load_file
     keys = set(load_file(str(folder / "model.safetensors")))
     assert not any(".scratch.layer_rn." in k for k in keys) and "mask_token" in keys
@@ -96,7 +98,7 @@ def test_hf_folder_round_trip(tmp_path, tiny):
 def test_mast3r_round_trips(tmp_path):
     torch.manual_seed(0)
     model = build_model("mast3r_tiny").eval()
-    for path in (ckpt.save_official_pth(model, tmp_path / "m.pth"), ckpt.save_hf_folder(model, tmp_path / "hf")):
+    for path in (ckpt.save_official_pth(model, tmp_path / "m.pth"), save_hf_folder(model, tmp_path / "hf")):
         loaded = load_model(path)
         assert type(loaded).__name__ == "Mast3r" and loaded.head_hidden_dim_factor == 0.25
         assert _same_outputs(loaded, model)
@@ -126,7 +128,7 @@ def test_truncated_file(tmp_path, tiny):
     with pytest.raises(CheckpointError, match="cannot read"):
         load_model(path)
     st = tmp_path / "t.safetensors"
-    from fin3r.models.registry import save_model
+    from fin3r.models import save_model
     save_model(tiny, st)
     st.write_bytes(st.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="safetensors"):
@@ -158,14 +160,13 @@ def test_shape_mismatch_is_clear(tmp_path, tiny):
         load_model(tmp_path / "x.pth")
 
 
-def test_from_official_checks_the_family(tmp_path, tiny):
-    from fin3r.models.dust3r import Dust3r
-    from fin3r.models.mast3r import Mast3r
-
+def test_a_registry_name_must_agree_with_the_file(tmp_path, tiny):
     path = ckpt.save_official_pth(tiny, tmp_path / "d.pth")
-    assert _same_outputs(Dust3r.from_official(path), tiny)
-    with pytest.raises(CheckpointError, match="not a Mast3r"):
-        Mast3r.from_official(path)
+    assert _same_outputs(load_model("dust3r_tiny", checkpoint=path), tiny)
+    with pytest.raises(CheckpointError, match="holds a dust3r model, not the requested mast3r"):
+        load_model("mast3r_tiny", checkpoint=path)
+    with pytest.raises(CheckpointError, match="differs from the requested one in .*dec_depth"):
+        load_model("dust3r_tiny_linear", checkpoint=path)
 
 
 # --- Hugging Face export: config.json is what the official `from_pretrained` passes to its constructor ---
@@ -209,7 +210,7 @@ def test_vggt_hf_export_is_the_official_layout(tmp_path):
 
     torch.manual_seed(0)
     model = build_model("vggt_tiny").eval()
-    folder = ckpt.save_hf_folder(model, tmp_path / "hf")
+    folder = save_hf_folder(model, tmp_path / "hf")
     config = json.loads((folder / "config.json").read_text())
     assert sorted(config) == sorted(VGGT_OFFICIAL_PARAMS)
     assert config == {"img_size": 56, "patch_size": 14, "embed_dim": 24, "enable_camera": True,
@@ -219,14 +220,14 @@ def test_vggt_hf_export_is_the_official_layout(tmp_path):
     official = _official_hub_class(VGGT_OFFICIAL_PARAMS, var_kwargs=False).from_pretrained(str(folder))
     assert official.received == config
     # the tiny architecture is not expressible in the official kwargs: fin3r's config rides beside it
-    assert json.loads((folder / ckpt.FIN3R_CONFIG_FILE).read_text()) == model.config_dict()
+    assert json.loads((folder / model_io.FIN3R_CONFIG_FILE).read_text()) == model.config_dict()
     loaded = load_model(folder)
     assert loaded.config_dict() == model.config_dict()
     img = torch.rand(1, 2, 3, 28, 42, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(img)["world_points"], model(img)["world_points"])
     # the official form alone (no sidecar) with a registry name; and an older fin3r-written config.json
-    (folder / ckpt.FIN3R_CONFIG_FILE).unlink()
+    (folder / model_io.FIN3R_CONFIG_FILE).unlink()
     assert load_model("vggt_tiny", checkpoint=folder).config_dict() == model.config_dict()
     (folder / "config.json").write_text(json.dumps({k: v for k, v in model.config_dict().items() if k != "family"}))
     assert load_model(folder).config_dict() == model.config_dict()
@@ -246,14 +247,14 @@ def test_vggt_1b_hf_config_needs_no_sidecar():
 def test_croco_hf_config_holds_official_kwargs_only(tmp_path, name):
     torch.manual_seed(0)
     model = build_model(name).eval()
-    folder = ckpt.save_hf_folder(model, tmp_path / "hf")
+    folder = save_hf_folder(model, tmp_path / "hf")
     text = (folder / "config.json").read_text()
     config = json.loads(text)  # `inf` written as Python's json (and PyTorchModelHubMixin) writes it
     assert '"depth_mode": [\n    "exp",\n    -Infinity,\n    Infinity\n  ]' in text
     assert config["depth_mode"] == ["exp", -math.inf, math.inf]
     outer = DUST3R_OFFICIAL_PARAMS + (MAST3R_OFFICIAL_PARAMS if name.startswith("mast3r") else ())
     assert set(config) <= set(outer + CROCO_OFFICIAL_PARAMS) and not set(config) & ckpt.FIN3R_ONLY_ARGS
-    assert not (folder / ckpt.FIN3R_CONFIG_FILE).exists()
+    assert not (folder / model_io.FIN3R_CONFIG_FILE).exists()
     received = _official_hub_class(outer, var_kwargs=True).from_pretrained(str(folder)).received
     assert {k: v for k, v in received.items() if k in config} == config
     croco_kwargs = {k: v for k, v in received.items() if k not in outer}

@@ -16,11 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from fin3r.errors import CheckpointError, InputError
-from fin3r.models.cut3r import (
+from fin3r.models.cut3r.model import (
     CUT3R_224_LINEAR_4, CUT3R_512_DPT_4_64, CUT3R_TINY, CUT3R_TINY_LINEAR, Cut3r, estimate_intrinsics,
     state_positions,
 )
-from fin3r.models.cut3r_checkpoint import constructor_string, parse_model_string
+from fin3r.models import load_model
+from fin3r.models.cut3r.checkpoint import constructor_string, parse_model_string
 from fin3r.models.layers.attention import Attention
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -275,7 +276,7 @@ def test_official_pth_with_omegaconf_args_loads(tmp_path, monkeypatch):
                       "output_dir": "${save_dir}/run", "save_dir": "ckpt", "lr": 1e-4,
                       "data": {"sizes": [512, 384], "none": None}})
     path = write_official_pth(tmp_path / "cut3r.pth", state, args, prefix="module.")
-    model = Cut3r.from_official(path)
+    model = load_model(path)
     assert model.config_dict()["state_dec_num_heads"] == CUT3R_TINY["state_dec_num_heads"]
     with torch.no_grad():
         assert max_err(model(outputs["s3.imgs"]), outputs, "s3") < OUT_TOL
@@ -288,19 +289,19 @@ def test_official_pth_with_namespace_or_without_args(tmp_path):
     extra = tmp_path / "numpy_scalars.pth"  # training files: best_so_far may be a numpy float
     torch.save({"model": state, "args": argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR)),
                 "best_so_far": np.float64(0.25), "epoch": np.int64(3)}, extra)
-    assert Cut3r.from_official(extra).config_dict()["dec_embed_dim"] == CUT3R_TINY_LINEAR["dec_embed_dim"]
+    assert load_model(extra).config_dict()["dec_embed_dim"] == CUT3R_TINY_LINEAR["dec_embed_dim"]
     args = argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR))
     path = write_official_pth(tmp_path / "ns.pth", state, args)
-    model = Cut3r.from_official(path)
+    model = load_model(path)
     with torch.no_grad():
         assert max_err(model(outputs["s1.imgs"]), outputs, "s1") < OUT_TOL
     plain = tmp_path / "plain.pth"
     torch.save(state, plain)
-    model = Cut3r.from_official(plain, config=CUT3R_TINY_LINEAR)
+    model = load_model({"family": "cut3r", **CUT3R_TINY_LINEAR}, checkpoint=plain)
     with torch.no_grad():
         assert max_err(model(outputs["s1.imgs"]), outputs, "s1") < OUT_TOL
-    with pytest.raises(CheckpointError, match="do not fit"):  # no args: taken for the released 224 model
-        Cut3r.from_official(plain)
+    with pytest.raises(CheckpointError, match="the description asks for"):  # no args: the released 224 model
+        load_model(plain)
 
 
 def test_model_string_is_parsed_never_evaluated():
@@ -320,9 +321,9 @@ def test_bad_files(tmp_path, monkeypatch):
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="cannot read"):
-        Cut3r.from_official(truncated)
+        load_model(truncated)
     with pytest.raises(CheckpointError, match="no such file"):
-        Cut3r.from_official(tmp_path / "missing.pth")
+        load_model(tmp_path / "missing.pth")
 
     class Foreign:  # a class that would run code when unpickled
         def __reduce__(self):
@@ -331,43 +332,43 @@ def test_bad_files(tmp_path, monkeypatch):
     foreign = tmp_path / "foreign.pth"
     torch.save({"model": state, "args": Foreign()}, foreign)
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
-        Cut3r.from_official(foreign)
+        load_model(foreign)
     _fake_omegaconf(monkeypatch)  # a class under an OmegaConf module name that is not allowed
     evil_cls = type("Evil", (), {"__module__": "omegaconf.dictconfig", "__qualname__": "Evil"})
     sys.modules["omegaconf.dictconfig"].Evil = evil_cls
     evil = tmp_path / "evil.pth"
     torch.save({"model": state, "args": evil_cls()}, evil)
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
-        Cut3r.from_official(evil)
-    # an architecture that is no known configuration, and one that contradicts the request
+        load_model(evil)
+    # a description that does not fit the tensors (refused before allocation), and one that
+    # contradicts the request
     other = write_official_pth(tmp_path / "other.pth", state,
                                argparse.Namespace(model=tiny_model_string({**CUT3R_TINY_LINEAR, "state_size": 13})))
-    with pytest.raises(CheckpointError, match="no known CUT3R configuration.*state_size"):
-        Cut3r.from_official(other)
+    with pytest.raises(CheckpointError, match="state_size=13 does not match the weights"):
+        load_model(other)
     with pytest.raises(CheckpointError, match="differs from the requested"):
-        Cut3r.from_official(good, config=CUT3R_224_LINEAR_4)
+        load_model({"family": "cut3r", **CUT3R_224_LINEAR_4}, checkpoint=good)
     # weights that do not fit: a missing key, a wrong shape
     missing = write_official_pth(tmp_path / "missing_key.pth", {k: v for k, v in state.items() if k != "pose_token"},
                                  argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR)))
     with pytest.raises(CheckpointError, match="1 missing.*pose_token"):
-        Cut3r.from_official(missing)
+        load_model(missing)
     reshaped = write_official_pth(tmp_path / "shape.pth", {**state, "pose_token": torch.zeros(1, 1, 3)},
                                   argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR)))
     with pytest.raises(CheckpointError, match="other shapes.*pose_token"):
-        Cut3r.from_official(reshaped)
+        load_model(reshaped)
 
 
 # --- the registry -----------------------------------------------------------------------------------
 def test_registry_builds_saves_and_loads(tmp_path, monkeypatch):
-    from fin3r.models.checkpoints import save_official_pth
-    from fin3r.models.registry import MODEL_CONFIGS, build_model, load_model, save_model
+    from fin3r.models import MODEL_CONFIGS, build_model, save_model, save_official
 
     assert {"cut3r_512_dpt_4_64", "cut3r_224_linear_4", "cut3r_tiny"} <= set(MODEL_CONFIGS)
     model = build_model("cut3r_tiny_linear").eval()
     imgs = torch.rand(1, 2, 3, 32, 48)
     with torch.no_grad():
         ref = model.predict_views(imgs).pts3d
-    for path in (save_model(model, tmp_path / "m.safetensors"), save_official_pth(model, tmp_path / "m.pth")):
+    for path in (save_model(model, tmp_path / "m.safetensors"), save_official(model, tmp_path / "m.pth")):
         loaded = load_model(path)
         assert isinstance(loaded, Cut3r) and loaded.config_dict() == model.config_dict()
         with torch.no_grad():
@@ -398,8 +399,6 @@ def test_streaming_steps_equal_the_sequence_forward():
 
 
 def test_load_model_refuses_a_truncated_cut3r_file(tmp_path):
-    from fin3r.models.registry import load_model
-
     state, _ = golden("linear")
     good = write_official_pth(tmp_path / "good.pth", state,
                               argparse.Namespace(model=tiny_model_string(CUT3R_TINY_LINEAR)))

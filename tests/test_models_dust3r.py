@@ -8,9 +8,9 @@ import torch
 
 from fin3r.errors import CheckpointError, InputError
 from fin3r.models.base import Reconstructor
-from fin3r.models.dust3r import Dust3r
-from fin3r.models.mast3r import Mast3r
-from fin3r.models.registry import MODEL_CONFIGS, build_model, load_model, save_model
+from fin3r.models.croco.dust3r import Dust3r
+from fin3r.models.croco.mast3r import Mast3r
+from fin3r.models import MODEL_CONFIGS, build_model, load_model, save_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -145,8 +145,13 @@ def test_load_model_errors(tmp_path):
     with pytest.raises(CheckpointError, match="registry name"):
         load_model("dust3r_huge")
     other = save_model(build_model("dust3r_tiny_linear"), tmp_path / "lin.safetensors")
-    with pytest.raises(CheckpointError, match="missing|unexpected"):
+    with pytest.raises(CheckpointError, match=r"differs from the requested one in \['dec_depth', 'head_type'\]"):
         load_model("dust3r_tiny", checkpoint=other)
+    plain = tmp_path / "plain.safetensors"  # no description: the weights must fit the requested model
+    from safetensors.torch import save_file
+    save_file(build_model("dust3r_tiny_linear").state_dict(), str(plain))
+    with pytest.raises(CheckpointError, match="asks for 10 blocks 'dec_blocks"):
+        load_model("dust3r_tiny", checkpoint=plain)
 
 
 def test_bf16_autocast_keeps_heads_in_fp32_and_gradients_reach_the_encoder():

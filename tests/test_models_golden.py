@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fin3r.models.checkpoints import OFFICIAL_CLASSES, model_config, parse_constructor, to_fin3r_keys
-from fin3r.models.registry import build_model, load_state_dict_strict
+from fin3r.models.croco.checkpoint import OFFICIAL_CLASSES, model_config, parse_constructor, to_fin3r_keys
+from fin3r.models import build_model
+from fin3r.models.io import load_state_dict_strict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OUT_TOL = 1e-4

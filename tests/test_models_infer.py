@@ -14,7 +14,7 @@ from fin3r.errors import InputError
 from fin3r.infer import (
     list_images, prepare_image, read_depth_png16, read_ply, run_inference, target_size, write_depth_png16,
 )
-from fin3r.models.registry import build_model, load_model, save_model
+from fin3r.models import build_model, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def _make_cut3r_look_forward(model, images):
 def test_cli_views_with_cameras(name, tmp_path):
     """VGGT / CUT3R multi-view: cameras.json holds a rigid cam2world and a pinhole K per view, and
     every view's .ply has one vertex per kept (valid, finite) pixel."""
-    from fin3r.models.registry import MODEL_CONFIGS
+    from fin3r.models import MODEL_CONFIGS
 
     rng = np.random.default_rng(1)
     folder = tmp_path / "imgs"

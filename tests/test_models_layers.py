@@ -5,10 +5,8 @@ import math
 import pytest
 import torch
 
-from fin3r.models.layers import (
-    Attention, DPTCroCo, RoPE2D, dpt_hooks, dpt_widths_from_state_dict, patch_positions, reg_dense_conf,
-    reg_dense_depth, reg_desc,
-)
+from fin3r.models.heads.dpt_croco import DPTCroCo, dpt_hooks, dpt_widths_from_state_dict
+from fin3r.models.layers import Attention, RoPE2D, patch_positions, reg_dense_conf, reg_dense_depth, reg_desc
 
 
 def _table_rope(tokens, pos, base=100.0):

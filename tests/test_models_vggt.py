@@ -14,9 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from fin3r.errors import CheckpointError, Fin3rError, InputError
 from fin3r.geometry import quaternion_to_matrix
-from fin3r.models.layers.camera_head import cameras_to_pose_encoding, pose_encoding_to_cameras
+from fin3r.models.heads.camera import cameras_to_pose_encoding, pose_encoding_to_cameras
 from fin3r.models.layers.dinov2 import DinoV2Encoder
-from fin3r.models.vggt import VGGT_1B_CONFIG, VGGT_TINY_CONFIG, Vggt, read_vggt_checkpoint
+from fin3r.models import load_model
+from fin3r.models.vggt.checkpoint import read_vggt_checkpoint
+from fin3r.models.vggt.model import VGGT_1B_CONFIG, VGGT_TINY_CONFIG, Vggt
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KEYS_TSV = FIXTURES / "vggt_1b.keys.tsv"
@@ -71,7 +73,7 @@ def test_encoder_tokens_match_official(tiny, case):
 
 def test_parity_is_sensitive_to_the_dpt_relu_quirk(tiny, monkeypatch):
     """The fixtures pin the residual-adds-ReLU(x) quirk: adding x instead moves the outputs."""
-    from fin3r.models.layers import dpt_vggt
+    from fin3r.models.heads import dpt_vggt
 
     def plain_residual(self, x):
         return self.conv2(torch.relu(self.conv1(torch.relu(x)))) + x
@@ -233,8 +235,8 @@ def with_fake_track_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def test_model_pt_loads_strictly_and_reports_the_dropped_track_head(tmp_path, caplog):
     path = tmp_path / "model.pt"
     torch.save(with_fake_track_head(official_state()), path)
-    with caplog.at_level(logging.INFO, logger="fin3r.models.vggt"):
-        model = Vggt.from_official(path, config=VGGT_TINY_CONFIG)
+    with caplog.at_level(logging.INFO, logger="fin3r.models.vggt.model"):
+        model = load_model("vggt_tiny", checkpoint=path)
     assert sorted(model.load_report.dropped) == ["track_head.feature_extractor.norm.bias",
                                                  "track_head.tracker.fmap_norm.weight"]
     assert "dropped 2 track_head.* tensors" in model.load_report.summary()
@@ -250,8 +252,7 @@ def test_hf_folder_loads(tmp_path):
     folder.mkdir()
     save_file(with_fake_track_head(official_state()), str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({"img_size": 56, "patch_size": 14, "embed_dim": 24}))
-    model = Vggt.from_official(folder, config={k: v for k, v in VGGT_TINY_CONFIG.items()
-                                               if k not in ("img_size", "patch_size", "embed_dim")})
+    model = load_model("vggt_tiny", checkpoint=folder)  # config.json: the official kwargs only
     assert model.config_dict() == {"family": "vggt", **VGGT_TINY_CONFIG}
     assert len(model.load_report.dropped) == 2
     hf_config, sd = read_vggt_checkpoint(folder)
@@ -263,12 +264,12 @@ def test_truncated_file_is_a_checkpoint_error(tmp_path):
     torch.save(official_state(), path)
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="model.pt"):
-        Vggt.from_official(path, config=VGGT_TINY_CONFIG)
+        load_model("vggt_tiny", checkpoint=path)
     st = tmp_path / "model.safetensors"
     save_file(official_state(), str(st))
     st.write_bytes(st.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="safetensors"):
-        Vggt.from_official(st, config=VGGT_TINY_CONFIG)
+        load_model("vggt_tiny", checkpoint=st)
 
 
 class NotATensor:
@@ -278,8 +279,8 @@ class NotATensor:
 def test_foreign_pickle_class_is_refused(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"aggregator.camera_token": torch.zeros(1), "evil": NotATensor()}, path)
-    with pytest.raises(CheckpointError, match="refused to unpickle"):
-        Vggt.from_official(path, config=VGGT_TINY_CONFIG)
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        load_model("vggt_tiny", checkpoint=path)
 
 
 def test_wrong_keys_and_shapes_name_the_keys(tmp_path):
@@ -289,19 +290,19 @@ def test_wrong_keys_and_shapes_name_the_keys(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"1 missing \(e\.g\. \['aggregator\.camera_token'\]\).*"
                                               r"1 unexpected \(e\.g\. \['aggregator\.camera_tokens'\]\)"):
-        Vggt.from_official(path, config=VGGT_TINY_CONFIG)
+        load_model("vggt_tiny", checkpoint=path)
     state = official_state()
     state["depth_head.norm.weight"] = torch.ones(7)
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"depth_head\.norm\.weight: file \(7,\), model \(48,\)"):
-        Vggt.from_official(path, config=VGGT_TINY_CONFIG)
+        load_model("vggt_tiny", checkpoint=path)
     with pytest.raises(CheckpointError, match="no such file"):
-        Vggt.from_official(tmp_path / "missing.pt", config=VGGT_TINY_CONFIG)
+        load_model("vggt_tiny", checkpoint=tmp_path / "missing.pt")
 
 
 # --- registry -------------------------------------------------------------------------------------
 def test_registry_configs_and_round_trips(tmp_path):
-    from fin3r.models.registry import MODEL_CONFIGS, build_model, load_model, save_model
+    from fin3r.models import MODEL_CONFIGS, build_model, save_model
 
     assert MODEL_CONFIGS["vggt_tiny"] == {"family": "vggt", **VGGT_TINY_CONFIG}
     assert MODEL_CONFIGS["vggt_1b"] == {"family": "vggt", **VGGT_1B_CONFIG}
@@ -332,8 +333,6 @@ def test_heads_only_need_their_layers():
 
 
 def test_load_model_recognises_an_official_hf_folder(tmp_path):
-    from fin3r.models.registry import load_model
-
     folder = tmp_path / "hf"
     folder.mkdir()
     save_file(with_fake_track_head(official_state()), str(folder / "model.safetensors"))

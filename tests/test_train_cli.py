@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 @pytest.mark.parametrize("name", ["world_tiny", "dust3r", "mast3r", "cut3r", "vggt"])
 def test_shipped_configs_parse(name):
     config = load_config(TrainConfig, CONFIGS / f"{name}.yaml")
-    from fin3r.models.registry import MODEL_CONFIGS
+    from fin3r.models import MODEL_CONFIGS
 
     assert config.model.name in MODEL_CONFIGS
     assert config.lora.targets == ["qkv"] and config.lora.rank == 8 and config.lora.alpha == 8.0

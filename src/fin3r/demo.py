@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fin3r.eval.alignment import absrel_scaled
 from fin3r.geometry import align_scale, depth_to_points, relative_pose, transform_points
 
 log = logging.getLogger(__name__)
@@ -184,16 +185,6 @@ def edge_mask(depth: Tensor, valid: Tensor, pool: int, thresh: float = 0.05) -> 
     return valid & ((low - depth).abs() > thresh * depth.clamp_min(1e-6))
 
 
-def _scale_invariant(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
-    """``pred`` scaled by the AbsRel-optimal scale on ``mask`` (MoGe's weighted-L1 fit, weights
-    ``1 / gt``): ``(H, W) -> (H, W)``."""
-    from fin3r.eval.alignment import weighted_l1_scale
-
-    g = gt[mask]
-    scale, _, _ = weighted_l1_scale(pred[mask], g, 1.0 / g.clamp_min(1e-6))
-    return pred * scale
-
-
 @torch.no_grad()
 def mean_token_norms(model, img: Tensor, batch: int = 64) -> tuple[Tensor, Tensor]:
     """Per-image mean L2 norm of the encoder tokens, after and before the encoder's final norm
@@ -266,7 +257,7 @@ def evaluate_world(
             ar, d1, ea = [], [], []
             for v in (2 * k, 2 * k + 1):
                 m = valid[v]
-                pred = _scale_invariant(mono.depth[v], depth_gt[v], m)
+                pred = absrel_scaled(mono.depth[v], depth_gt[v], m)
                 ar.append(abs_rel(pred, depth_gt[v], m))
                 d1.append(delta1(pred, depth_gt[v], m))
                 if edges[v].any():
@@ -297,7 +288,7 @@ def floor_figures(eval_views: WorldViews, pool: int) -> dict:
     ar, d1, ea = [], [], []
     for v in range(depth.shape[0]):
         m = valid[v]
-        pred = _scale_invariant(low[v], depth[v], m)
+        pred = absrel_scaled(low[v], depth[v], m)
         ar.append(abs_rel(pred, depth[v], m))
         d1.append(delta1(pred, depth[v], m))
         if edges[v].any():
@@ -523,7 +514,7 @@ def load_base(path: str = ""):
     from pathlib import Path
 
     from fin3r.errors import CheckpointError
-    from fin3r.models.registry import load_model
+    from fin3r.models import load_model
 
     p = Path(str(default_base_path())) if not path else Path(path)
     if not p.is_file():
@@ -728,7 +719,7 @@ def measure_threads(model, batch: dict, candidates=(1, 2), reps: int = 3) -> tup
     import copy
     import time
 
-    from fin3r.losses import replay_loss
+    from fin3r.models import replay_loss
 
     m = copy.deepcopy(model).train()
     before = torch.get_num_threads()

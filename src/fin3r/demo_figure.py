@@ -14,6 +14,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from fin3r.eval.alignment import absrel_scaled
+
 # Turbo colormap, polynomial approximation (Mikhailov 2019, Apache-2.0 formula), x in [0, 1].
 _TURBO_R = (0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943)
 _TURBO_G = (0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604)
@@ -63,7 +65,6 @@ def demo_figure(
         norms: model name -> ``(norm before enc_norm, norm after enc_norm)`` for the bars.
         labels: display names of the models.
     """
-    from fin3r.demo import _scale_invariant
 
     labels = labels or {}
     N, _, H, W = images.shape
@@ -87,10 +88,10 @@ def demo_figure(
         cols[k][1].append((images[i].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8))
         k += 1
         if teacher_depth is not None:
-            cols[k][1].append(shade(_scale_invariant(teacher_depth[i], gt, m & (teacher_depth[i] > 0))))
+            cols[k][1].append(shade(absrel_scaled(teacher_depth[i], gt, m & (teacher_depth[i] > 0))))
             k += 1
         for j, (name, d) in enumerate(predictions.items()):
-            aligned = _scale_invariant(d[i], gt, m)
+            aligned = absrel_scaled(d[i], gt, m)
             cols[k][1].append(shade(aligned))
             k += 1
             err = ((aligned - gt).abs() / gt.clamp_min(1e-6)).clamp(0, 0.3) / 0.3

@@ -1,4 +1,11 @@
-"""Atomic file writes: a run killed mid-write never leaves a half-written file behind.
+"""Safe file reads and atomic file writes.
+
+Reads: :func:`safe_torch_load` is the one ``torch.load`` of fin3r (``weights_only=True``: tensors,
+containers and the globals a caller allows explicitly, nothing else is unpickled);
+:func:`read_safetensors` reads a safetensors file and its metadata. Both turn every failure into
+one :class:`~fin3r.errors.CheckpointError` naming the file.
+
+Writes: a run killed mid-write never leaves a half-written file behind.
 
 Every checkpoint, adapter, export, label and result file of fin3r is written through
 :func:`atomic_write`: the content goes to a temporary file in the destination's folder, which then
@@ -9,9 +16,63 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+
+from fin3r.errors import CheckpointError
+
+
+def safe_torch_load(path: str | os.PathLike, allowed_globals: Iterable[Any] = (), mmap: bool = False,
+                    what: str = "a torch checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, allowing only ``allowed_globals``
+    (classes or ``(stand-in, "module.Name")`` pairs) beyond tensors and containers.
+
+    ``mmap=True`` memory-maps zip files (legacy files are read normally). A file that asks for
+    any other global, a truncated file or a file that is no torch file raises
+    :class:`CheckpointError` naming ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            if mmap:
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+                    if "mmap" not in str(e):
+                        raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = str(e).strip().splitlines()
+        detail = next((ln for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln), lines[0] if lines else "")
+        raise CheckpointError(f"{path}: refusing to unpickle a non-weights object (torch.load(weights_only=True): "
+                              f"{detail.strip()}); only "
+                              "tensors, containers and allow-listed configuration objects are read") from None
+    except (RecursionError, MemoryError) as e:
+        raise CheckpointError(f"{path}: cannot read as {what} ({type(e).__name__}: nested too deeply)") from None
+    except Exception as e:  # truncated zip, not a torch file, ...
+        raise CheckpointError(f"{path}: cannot read as {what} ({type(e).__name__}: {e})") from None
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """``(metadata, tensors)`` of a safetensors file (CPU); :class:`CheckpointError` if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
+    return metadata, tensors
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync: bool = False) -> Path:

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from fin3r import __version__
 from fin3r.errors import CheckpointError, Fin3rError
-from fin3r.io import atomic_write
+from fin3r.io import atomic_write, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -631,10 +631,7 @@ def _read_released(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: file not found")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True) ({e})") from None
+    sd = safe_torch_load(path, what="a released Fin3R adapter")
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and set(sd) == {wrapper} and isinstance(sd[wrapper], dict):
             sd = sd[wrapper]

@@ -20,7 +20,8 @@ example:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="base model: registry name or model file")
     parser.add_argument("--checkpoint", default=None, help="official weights for a registry-name --model")
-    parser.add_argument("--adapter", default=None, help="adapter to compare against the base")
+    parser.add_argument("--adapter", default=None, help="adapter to compare against the base (fin3r .safetensors or a released "
+                             "Fin3R *_lora.pth)")
     parser.add_argument("--images", required=True, help="folder of images")
     parser.add_argument("--size", default=None, metavar="HxW",
                         help="resize+crop images to HxW (multiples of the patch size; default 224x224)")
@@ -34,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fin3r.diagnose import diagnose, load_images
     from fin3r.errors import InputError
-    from fin3r.lora import load_adapter
-    from fin3r.models.registry import load_model
+    from fin3r.models import apply_adapter, load_model
 
     h, w = 224, 224
     if args.size:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     adapted = None
     if args.adapter:
         adapted = copy.deepcopy(base)
-        load_adapter(adapted, args.adapter)
+        apply_adapter(adapted, args.adapter)
     report = diagnose(base, images, args.out, adapted=adapted, batch_size=args.batch_size)
     for name in ("base", "adapted"):
         if name in report:

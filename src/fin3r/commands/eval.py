@@ -106,17 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_model(args):
     from pathlib import Path
 
-    from fin3r.models.registry import load_model
+    from fin3r.models import load
 
-    model = load_model(args.model, args.checkpoint, device=args.device)
+    model = load(args.model, args.checkpoint, adapter=args.adapter, device=args.device)
     tag = Path(str(args.model)).stem if Path(str(args.model)).exists() else str(args.model)
     if args.adapter:
-        from fin3r.lora import apply_fin3r_lora, load_adapter
-
-        if str(args.adapter).endswith(".pth"):  # released Fin3R adapter (PEFT keys, "output" mode)
-            apply_fin3r_lora(model, args.adapter)
-        else:
-            load_adapter(model, args.adapter)
         tag += "+" + Path(args.adapter).stem
     return model.eval(), tag
 

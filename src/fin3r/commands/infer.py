@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registry name (e.g. dust3r_512_dpt), official .pth, Hugging Face folder or fin3r "
                              ".safetensors file")
     parser.add_argument("--checkpoint", default=None, help="weights for a registry-name --model (any format)")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter (.safetensors from `fin3r train`) to apply")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter to apply (.safetensors from `fin3r train`, or a released "
+                             "Fin3R *_lora.pth)")
     parser.add_argument("--out", default="infer_out", help="output folder (default: %(default)s)")
     parser.add_argument("--size", type=int, default=None, help="long side in pixels (default: the model's)")
     parser.add_argument("--views", action="store_true", help="predict all images as one multi-view set")
@@ -48,18 +49,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fin3r.infer import list_images, run_inference
-    from fin3r.models.registry import load_model
+    from fin3r.models import apply_adapter, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     inputs = list_images(args.input)
-    model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = load_model(args.model, checkpoint=args.checkpoint)
     if args.adapter:
-        from fin3r.lora import load_adapter
-
-        header = load_adapter(model, args.adapter)
-        model.eval()
-        print(f"adapter {args.adapter}: {len(header.get('targets', []))} layers, mode {header.get('mode')}")
+        info = apply_adapter(model, args.adapter)
+        print(f"adapter {args.adapter}: {len(info['targets'])} layers, mode {info['mode']}")
+    model = model.to(args.device).eval()
     summary = run_inference(model, inputs, args.out, long_side=args.size, views=args.views,
                             conf_threshold=args.conf_threshold, save_npy=args.npy, device=args.device,
                             progress=not args.no_progress, model_name=str(args.model))

@@ -30,6 +30,7 @@ from torch import Tensor
 __all__ = [
     "alignment_sample_index",
     "weighted_l1_scale",
+    "absrel_scaled",
     "weighted_l1_affine",
     "weighted_l1_shift",
     "weighted_l1_points_scale_shift",
@@ -195,6 +196,14 @@ def _convex_argmin(fn, a0: float, span: float, rounds: int = 48) -> float:
         if hi - lo <= 1e-12 * max(1.0, abs(mid)):
             break
     return (lo + hi) / 2
+
+
+def absrel_scaled(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
+    """``pred`` scaled by the AbsRel-optimal scale on ``mask`` (MoGe's weighted-L1 fit, weights
+    ``1 / gt``): ``(H, W) -> (H, W)``."""
+    g = gt[mask]
+    scale, _, _ = weighted_l1_scale(pred[mask], g, 1.0 / g.clamp_min(1e-6))
+    return pred * scale
 
 
 def weighted_l1_affine(

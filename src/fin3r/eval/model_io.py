@@ -1,7 +1,8 @@
 """Feeding evaluation images to a :class:`~fin3r.models.base.Reconstructor` and back.
 
 The protocols resize (never crop) the evaluation image to the model's input and resample the
-prediction back to the ground-truth resolution (``research/evaluation.md`` 1.9, pitfall 6):
+prediction back to the ground-truth resolution. The input size is the family's
+(``ModelFamily.eval_side`` / ``eval_side_is_width``):
 
 - DUSt3R / MASt3R / CUT3R: long side ``512`` (``long_side``), each side floored to a multiple of
   the patch size (16) -- CUT3R's ``crop=False`` loading;
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fin3r.models.registry import find_family
+
 __all__ = ["model_input_size", "resize_image", "resize_map", "mono_predictor", "MonoPredictor", "predict_views_resized",
            "default_num_views"]
 
@@ -27,12 +30,14 @@ MonoPredictor = Callable[[Tensor], dict[str, Tensor]]
 
 
 def model_input_size(height: int, width: int, family: str, patch: int, long_side: int | None = None) -> tuple[int, int]:
-    """``(h, w)`` the model sees for an ``height x width`` evaluation image (see module doc)."""
-    if family == "vggt":
-        w = max(patch, (long_side or 518) // patch * patch)
+    """``(h, w)`` the model sees for an ``height x width`` evaluation image (see module doc; a
+    family fin3r does not register is taken with a long side of 512)."""
+    spec = find_family(family)
+    if spec is not None and spec.eval_side_is_width:
+        w = max(patch, (long_side or spec.eval_side) // patch * patch)
         h = max(patch, round(height * w / width / patch) * patch)
         return h, w
-    long_side = long_side or 512
+    long_side = long_side or (spec.eval_side if spec is not None else 512)
     s = long_side / max(height, width)
     h = max(patch, math.floor(height * s / patch) * patch)
     w = max(patch, math.floor(width * s / patch) * patch)
@@ -71,7 +76,8 @@ def mono_predictor(
     """
     family = getattr(model, "family", "")
     patch = int(getattr(model, "patch_size", 16))
-    is_metric = (family == "mast3r") if metric is None else metric
+    spec = find_family(family)
+    is_metric = (spec is not None and spec.metric) if metric is None else metric
     dev = torch.device(device) if device is not None else next(model.parameters()).device
 
     @torch.no_grad()
@@ -106,5 +112,7 @@ def predict_views_resized(model, imgs: Tensor, long_side: int | None = None):
 
 
 def default_num_views(model) -> int | None:
-    """Views per forward: 2 for the pairwise DUSt3R/MASt3R, None (all) for CUT3R/VGGT."""
-    return 2 if getattr(model, "family", "") in ("dust3r", "mast3r") else None
+    """Views per forward: 2 for the pairwise DUSt3R/MASt3R, None (all) for CUT3R/VGGT
+    (``ModelFamily.views_per_forward``)."""
+    spec = find_family(getattr(model, "family", ""))
+    return spec.views_per_forward if spec is not None else None

@@ -1,6 +1,6 @@
 """The interface every reconstruction model offers, and its prediction records.
 
-Conventions (see DESIGN.md): images enter as float ``(B, 3, H, W)`` in ``[0, 1]`` and each model
+Conventions: images enter as float ``(B, 3, H, W)`` in ``[0, 1]`` and each model
 normalises them itself; cameras are OpenCV (x right, y down, z forward); depth is planar z;
 confidences are ``>= 1`` (``1 + exp``).
 """
@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from fin3r.errors import InputError
+from fin3r.models.io import load_state_dict_strict
 
 
 @dataclass
@@ -68,7 +69,8 @@ class Reconstructor(nn.Module):
     """Base class of DUSt3R, MASt3R, CUT3R and VGGT re-implementations.
 
     Subclasses set the class attributes and implement the abstract methods. The state_dict keys
-    of a subclass are identical to the official ones (``research/keys/*.keys.tsv``).
+    of a subclass are identical to the official ones (tests compare them with the official key
+    lists in ``tests/fixtures``).
     """
 
     #: registry family name, e.g. "dust3r", "mast3r", "cut3r", "vggt"
@@ -146,13 +148,10 @@ class Reconstructor(nn.Module):
         """Constructor arguments that rebuild this architecture (stored in exported files)."""
         raise NotImplementedError
 
-
-def disable_dropout(model: nn.Module) -> nn.Module:
-    """Set every dropout probability in ``model`` to 0 (frozen parts must be deterministic)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.p = 0.0
-    return model
+    def load_weights(self, state_dict: dict[str, Tensor], source: str = "state_dict", assign: bool = False) -> None:
+        """Load a state_dict with our keys strictly (:func:`~fin3r.models.io.load_state_dict_strict`);
+        families whose official files hold parts fin3r does not build drop them here."""
+        load_state_dict_strict(self, state_dict, source, assign=assign)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -162,4 +161,4 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["MonoPrediction", "ViewsPrediction", "Reconstructor", "disable_dropout", "freeze"]
+__all__ = ["MonoPrediction", "ViewsPrediction", "Reconstructor", "freeze"]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fin3r.errors import CheckpointError, Fin3rError
+from fin3r.io import safe_torch_load
 from fin3r.teachers.base import Teacher, TeacherOutput
 
 
@@ -44,8 +45,8 @@ class MoGeTeacher(Teacher):
         path = Path(checkpoint)
         if not path.is_file():
             raise CheckpointError(f"moge teacher: no checkpoint file at {path}")
+        ckpt = safe_torch_load(path, what="a MoGe checkpoint")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
             config = dict(ckpt["model_config"])
         except Exception as e:
             raise CheckpointError(f"moge teacher: {path} is not a MoGe checkpoint ({e})") from e

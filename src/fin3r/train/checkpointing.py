@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write
+from fin3r.io import atomic_write, safe_torch_load
 
 FORMAT = "fin3r-train-state-v1"
 
@@ -77,10 +77,7 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"training checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torn or foreign file
-        raise CheckpointError(f"{path}: not a readable fin3r training checkpoint ({e})") from None
+    state = safe_torch_load(path, what="a fin3r training checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fin3r training checkpoint (format {state.get('format') if isinstance(state, dict) else '?'})")
     return state

@@ -14,7 +14,7 @@ What one optimizer step does:
 1. draw ``accum_steps`` single-source batches from the mixture (``mono`` or ``replay``);
 2. ``mono``: ``predict_mono`` -> :func:`fin3r.losses.mono_distillation_loss` against the teacher
    label (``depth``/``valid``/``depth_kind`` of the sample); ``replay``: ``predict_views`` ->
-   :func:`fin3r.losses.replay_loss` (the family's own criterion);
+   :func:`fin3r.models.registry.replay_loss` (the family's own criterion);
 3. backward (DDP all-reduces the LoRA gradients across ranks), clip, AdamW, scheduler;
 4. a non-finite loss (or gradient norm) skips the step on every rank and is counted; after
    ``max_nonfinite`` in a row the run stops with a clear error.
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from fin3r.config import save_config, to_dict
 from fin3r.errors import Fin3rError
+from fin3r.models import MODEL_CONFIGS, load_model, replay_loss
 from fin3r.train.checkpointing import capture_rng, load_training_state, restore_rng, save_training_state
 from fin3r.train.config import TrainConfig
 from fin3r.train.logging import MetricsLogger
@@ -158,8 +159,6 @@ def _precision(config: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 def load_base_model(config: TrainConfig) -> nn.Module:
     """The base model ``config.model`` names (registry name + checkpoint, or a file)."""
-    from fin3r.models.registry import MODEL_CONFIGS, load_model
-
     name, ckpt = config.model.name, config.model.checkpoint
     if name in MODEL_CONFIGS and ckpt is None:
         log.warning("model %r has no checkpoint: training a randomly initialised model (smoke test only)", name)
@@ -294,7 +293,7 @@ class _LossModule(nn.Module):
         self.config = config
 
     def forward(self, source: str, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        from fin3r.losses import mono_distillation_loss, replay_loss
+        from fin3r.losses import mono_distillation_loss
 
         c = self.config
         if source == "mono":

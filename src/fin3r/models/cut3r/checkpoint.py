@@ -11,9 +11,13 @@ dicts/lists. No OmegaConf code runs, nothing is evaluated, any other global is r
 whose ``args`` is an ``argparse.Namespace`` (as fin3r writes them) are read too, and numpy scalars
 (e.g. ``best_so_far``) are allowed.
 
-The architecture is never built from the file: ``args.model``
-(``"ARCroco3DStereo(ARCroco3DStereoConfig(k=v, ...))"``) is parsed with :mod:`ast` (literals only)
-and must match one of the known configurations (:data:`fin3r.models.cut3r.CUT3R_CONFIGS`).
+The architecture is the file's own ``args.model``
+(``"ARCroco3DStereo(ARCroco3DStereoConfig(k=v, ...))"``), parsed with :mod:`ast` (literals only,
+never evaluated) and completed with the official defaults; the DPT widths the official code
+hard-codes are read from the weight shapes; block counts and widths are checked against the
+tensors before anything is allocated (:func:`check_config`). Any configuration loads, not only the
+released ones. A file without ``args`` is taken for the released model its head indicates
+(:func:`guess_config_name`).
 Key policy (:func:`cut3r_keys`): strip ``module.``; the DPT alias keys
 ``*.scratch.layer_rn.{i}.weight`` are dropped (or renamed to ``layer{i+1}_rn`` when only the alias is
 present); ``dec_blocks.*`` is copied to ``dec_blocks_state.*`` when the latter is absent (as the
@@ -23,20 +27,31 @@ official loader does for early-stage files).
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
 import inspect
 import math
 import os
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
+from fin3r.io import atomic_write, read_safetensors, safe_torch_load
+from fin3r.models.cut3r.model import Cut3r
+from fin3r.models.heads.dpt_croco import dpt_widths_from_state_dict
+from fin3r.models.io import (
+    check_blocks,
+    check_positive_ints,
+    check_state_dict,
+    check_width,
+    fold_dpt_aliases,
+    parse_nested_constructor,
+    read_json,
+)
 
 #: official ``ARCroco3DStereoConfig`` arguments that do not change the inference architecture
 IGNORED_ARGS = frozenset({"freeze", "patch_embed_cls", "landscape_only", "depth_head", "pose_conf_head"})
@@ -125,19 +140,7 @@ def plain_config(obj: Any) -> Any:
 
 def load_pth(path: str | os.PathLike) -> dict[str, Any]:
     """The unpickled top-level dict of an official ``.pth`` (``weights_only=True`` + stand-ins)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        with torch.serialization.safe_globals(OMEGACONF_SAFE_GLOBALS + _numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        lines = str(e).strip().splitlines()
-        detail = next((ln for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln), lines[0] if lines else "")
-        raise CheckpointError(f"{path}: refusing to unpickle a non-weights object ({detail.strip()}); only "
-                              "tensors, containers and OmegaConf/argparse configs are allowed") from e
-    except Exception as e:  # truncated zip, not a torch file, ...
-        raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from e
+    obj = safe_torch_load(path, OMEGACONF_SAFE_GLOBALS + _numpy_safe_globals())
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj
@@ -146,20 +149,12 @@ def load_pth(path: str | os.PathLike) -> dict[str, Any]:
 # --- args.model --------------------------------------------------------------------------------
 def parse_model_string(text: str) -> dict[str, Any]:
     """``"ARCroco3DStereo(ARCroco3DStereoConfig(k=v, ...))" -> {k: v}`` with :mod:`ast` (literals only)."""
-    from fin3r.models.checkpoints import parse_constructor
-
     try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as e:
-        raise CheckpointError(f"args.model is not valid Python syntax: {text!r} ({e.msg})") from e
-    call = tree.body
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "ARCroco3DStereo"
-            and len(call.args) == 1 and not call.keywords and isinstance(call.args[0], ast.Call)):
-        raise CheckpointError(f"args.model is not `ARCroco3DStereo(ARCroco3DStereoConfig(...))`: {text!r}")
-    inner = ast.get_source_segment(text.strip(), call.args[0])
-    cls_name, kwargs = parse_constructor(inner)
-    if cls_name != "ARCroco3DStereoConfig":
-        raise CheckpointError(f"args.model: expected ARCroco3DStereoConfig(...), got {cls_name}(...)")
+        outer, inner, kwargs = parse_nested_constructor(text)
+    except CheckpointError as e:
+        raise CheckpointError(f"args.model: {e}") from None
+    if outer != "ARCroco3DStereo" or inner != "ARCroco3DStereoConfig":
+        raise CheckpointError(f"args.model is not `ARCroco3DStereo(ARCroco3DStereoConfig(...))`: {text[:200]!r}")
     return kwargs
 
 
@@ -173,10 +168,9 @@ def _canon(value: Any) -> Any:
     return value
 
 
-def effective_config(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Constructor kwargs completed with the (official) defaults of :class:`~fin3r.models.cut3r.Cut3r`."""
-    from fin3r.models.cut3r import Cut3r
-
+def completed_config(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor kwargs completed with the (official) defaults of :class:`~fin3r.models.cut3r.model.Cut3r`
+    (ignored official arguments dropped, tuples as lists); unknown arguments are an error."""
     params = inspect.signature(Cut3r.__init__).parameters
     out = {n: p.default for n, p in params.items() if n != "self"}
     unknown = [k for k in kwargs if k not in out and k not in IGNORED_ARGS]
@@ -185,44 +179,57 @@ def effective_config(kwargs: dict[str, Any]) -> dict[str, Any]:
     out.update({k: v for k, v in kwargs.items() if k not in IGNORED_ARGS})
     if isinstance(out["img_size"], int):
         out["img_size"] = [out["img_size"], out["img_size"]]
-    return {k: _canon(v) for k, v in out.items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-def match_known_config(kwargs: dict[str, Any]) -> str:
-    """The name of the known configuration (:data:`~fin3r.models.cut3r.CUT3R_CONFIGS`) that
-    ``kwargs`` (parsed ``args.model``) describes; the DPT widths, which the official string does
-    not carry, are not compared. :class:`CheckpointError` if none matches."""
-    from fin3r.models.cut3r import CUT3R_CONFIGS
+def effective_config(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """:func:`completed_config` with numbers as floats, for comparing two descriptions."""
+    return {k: _canon(v) for k, v in completed_config(kwargs).items()}
 
-    widths = {"dpt_layer_dims", "dpt_feature_dim", "dpt_last_dim"}
-    want = {k: v for k, v in effective_config(kwargs).items() if k not in widths}
-    best, best_diff = None, None
-    for name, config in CUT3R_CONFIGS.items():
-        have = {k: v for k, v in effective_config(config).items() if k not in widths}
-        diff = {k: (want[k], have[k]) for k in want if want[k] != have[k]}
-        if not diff:
-            return name
-        if best_diff is None or len(diff) < len(best_diff):
-            best, best_diff = name, diff
-    raise CheckpointError(f"args.model describes no known CUT3R configuration (closest: {best}, differing in "
-                          + ", ".join(f"{k}: file {a!r} vs {b!r}" for k, (a, b) in sorted(best_diff.items())) + ")")
+
+def model_config(kwargs: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[str, Any]:
+    """A registry config (``family`` + our kwargs) from a parsed ``args.model``: the official
+    defaults completed, the DPT widths read from the weight shapes."""
+    config = {k: v for k, v in completed_config(kwargs).items() if k not in _WIDTHS}
+    if config.get("head_type") == "dpt":
+        widths = dpt_widths_from_state_dict(state_dict, "downstream_head.dpt_self.")
+        if widths:
+            config.update(dpt_layer_dims=widths["layer_dims"], dpt_feature_dim=widths["feature_dim"],
+                          dpt_last_dim=widths["last_dim"])
+    return {"family": Cut3r.family, **config}
+
+
+_WIDTHS = ("dpt_layer_dims", "dpt_feature_dim", "dpt_last_dim")
+
+
+def check_config(config: dict[str, Any], state_dict: dict[str, Tensor], source: str) -> None:
+    """The description's block counts and widths against the tensors (before allocation)."""
+    c = completed_config({k: v for k, v in config.items() if k != "family"})
+    check_positive_ints(c, ("enc_depth", "dec_depth", "enc_embed_dim", "dec_embed_dim", "enc_num_heads",
+                            "dec_num_heads", "state_size", "local_mem_size", "state_dec_num_heads", "img_size"),
+                        source)
+    check_blocks(state_dict, {"enc_blocks.": c["enc_depth"], "dec_blocks.": c["dec_depth"],
+                              "dec_blocks_state.": c["dec_depth"], "enc_blocks_ray_map.": c["ray_enc_depth"]},
+                 source)
+    check_width(state_dict, "enc_norm.weight", 0, c["enc_embed_dim"], "enc_embed_dim", source)
+    check_width(state_dict, "dec_norm.weight", 0, c["dec_embed_dim"], "dec_embed_dim", source)
+    check_width(state_dict, "register_tokens.weight", 0, c["state_size"], "state_size", source)
+    check_width(state_dict, "pose_retriever.mem", 1, c["local_mem_size"], "local_mem_size", source)
 
 
 # --- weights -----------------------------------------------------------------------------------
 def cut3r_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Official keys -> ours (see the module docstring)."""
-    from fin3r.models.checkpoints import strip_module_and_dpt_aliases
-
-    out = strip_module_and_dpt_aliases(state_dict)
+    out = fold_dpt_aliases(state_dict)
     if not any(k.startswith("dec_blocks_state.") for k in out):
         for key in [k for k in out if k.startswith("dec_blocks.")]:
             out["dec_blocks_state." + key[len("dec_blocks."):]] = out[key]
     return out
 
 
-def read_cut3r_checkpoint(path: str | os.PathLike) -> tuple[str | None, dict[str, Tensor]]:
-    """``(known config name or None, state_dict with our keys)`` of an official CUT3R ``.pth``
-    (``{'model', 'args', ...}``) or a plain state_dict pickle. The name is ``None`` when the file
+def read_cut3r_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Tensor]]:
+    """``(config or None, state_dict with our keys)`` of an official CUT3R ``.pth``
+    (``{'model', 'args', ...}``) or a plain state_dict pickle. The config is ``None`` when the file
     carries no ``args.model``."""
     obj = load_pth(path)
     if "model" in obj:
@@ -232,17 +239,61 @@ def read_cut3r_checkpoint(path: str | os.PathLike) -> tuple[str | None, dict[str
     if not isinstance(state_dict, dict) or not state_dict or \
             not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()):
         raise CheckpointError(f"{path}: 'model' is not a state_dict of tensors")
+    state_dict = cut3r_keys(state_dict)
     args = plain_config(args)
     model_string = args.get("model") if isinstance(args, dict) else None
-    name = None
-    if model_string is not None:
-        if not isinstance(model_string, str):
-            raise CheckpointError(f"{path}: args.model is not a string ({type(model_string).__name__})")
+    if model_string is None:
+        return None, state_dict
+    if not isinstance(model_string, str):
+        raise CheckpointError(f"{path}: args.model is not a string ({type(model_string).__name__})")
+    try:
+        config = model_config(parse_model_string(model_string), state_dict)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return config, state_dict
+
+
+def read_hf_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(config, state_dict)`` of a Hugging Face folder written by fin3r (``config.json``: our
+    constructor kwargs, ``model.safetensors``: the official keys)."""
+    cfg, weights = path / "config.json", path / "model.safetensors"
+    if not cfg.is_file() or not weights.is_file():
+        raise CheckpointError(f"{path}: a Hugging Face model folder needs config.json and model.safetensors")
+    kwargs = {k: v for k, v in read_json(cfg).items() if k != "family"}
+    try:
+        effective_config(kwargs)
+    except CheckpointError as e:
+        raise CheckpointError(f"{cfg}: {e}") from None
+    state_dict = cut3r_keys(check_state_dict(read_safetensors(weights)[1], str(weights)))
+    config = {"family": Cut3r.family, **kwargs}
+    return config, state_dict
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Tensor]]:
+    """``(config or None, state_dict with our keys)`` of an official ``.pth``, a plain state_dict
+    (``.pth`` / ``.safetensors``) or a fin3r-written Hugging Face folder."""
+    path = Path(path)
+    if path.is_dir():
+        return read_hf_folder(path)
+    if path.suffix == ".safetensors":
+        return None, cut3r_keys(check_state_dict(read_safetensors(path)[1], str(path)))
+    return read_cut3r_checkpoint(path)
+
+
+def detect(path: Path) -> bool:
+    """An official CUT3R ``.pth`` (:func:`is_cut3r_pth`) or a folder whose ``model.safetensors``
+    holds the state decoder (``dec_blocks_state.*``)."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            return False
         try:
-            name = match_known_config(parse_model_string(model_string))
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: {e}") from e
-    return name, cut3r_keys(state_dict)
+            with safe_open(str(weights), framework="pt") as f:
+                return any(k.startswith("dec_blocks_state.") for k in f.keys())
+        except Exception:
+            return False
+    return is_cut3r_pth(path)
 
 
 def is_cut3r_pth(path: str | os.PathLike) -> bool:
@@ -280,6 +331,23 @@ def constructor_string(config: dict[str, Any]) -> str:
     return f"ARCroco3DStereo(ARCroco3DStereoConfig({body}))"
 
 
-__all__ = ["OMEGACONF_SAFE_GLOBALS", "load_pth", "plain_config", "parse_model_string", "match_known_config",
-           "effective_config", "cut3r_keys", "read_cut3r_checkpoint", "is_cut3r_pth", "guess_config_name",
-           "constructor_string"]
+def save_official_pth(model: Cut3r, path: str | os.PathLike) -> Path:
+    """Write ``{'model': official_state_dict(), 'args': Namespace(model=<args.model string>)}``:
+    the layout of the released files (the official code loads it; tiny models with non-official
+    DPT widths load here only, the official constructor hard-codes the widths)."""
+    sd = {k: v.detach().cpu() for k, v in model.official_state_dict().items()}
+    obj = {"model": sd, "args": argparse.Namespace(model=constructor_string(model.config_dict()))}
+    return atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def hf_config(model: Cut3r) -> dict[str, Any]:
+    """``config.json`` of a Hugging Face folder: our constructor kwargs (CUT3R has no official
+    Hugging Face class)."""
+    config = dict(model.config_dict())
+    config.pop("family")
+    return config
+
+
+__all__ = ["OMEGACONF_SAFE_GLOBALS", "load_pth", "plain_config", "parse_model_string", "model_config",
+           "check_config", "completed_config", "effective_config", "cut3r_keys", "read_cut3r_checkpoint", "read", "read_hf_folder",
+           "detect", "is_cut3r_pth", "guess_config_name", "constructor_string", "save_official_pth", "hf_config"]

@@ -1,7 +1,6 @@
 """VGGT (Wang et al., CVPR 2025) re-implemented with the official state_dict layout.
 
-Architecture (official ``VGGT(img_size=518, patch_size=14, embed_dim=1024)``, see
-``research/architectures.md`` §6):
+Architecture (official ``VGGT(img_size=518, patch_size=14, embed_dim=1024)``):
 
 - ``aggregator.patch_embed``: the per-image DINOv2 ViT-L/14 with 4 registers -- **the encoder**
   Fin3R adapts (default LoRA targets: its 24 ``attn.qkv`` layers);
@@ -16,7 +15,7 @@ must be multiples of 14 (VGGT was trained with width 518 and heights up to 518).
 Outputs (:meth:`Vggt.forward`, the official names): ``depth (B, S, H, W, 1)`` (``exp``),
 ``depth_conf (B, S, H, W)``, ``world_points (B, S, H, W, 3)`` (``inv_log``) in the frame of the
 first camera, ``world_points_conf``, ``pose_enc (B, S, 9)`` (camera-from-world, quaternion xyzw,
-see :mod:`fin3r.models.layers.camera_head`) and ``pose_enc_list`` (one per refinement). Heads run in
+see :mod:`fin3r.models.heads.camera`) and ``pose_enc_list`` (one per refinement). Heads run in
 fp32 with autocast disabled, as in the official code. The scale of depth and points is arbitrary
 (normalised during training).
 """
@@ -25,22 +24,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from fin3r.errors import CheckpointError, Fin3rError
+from fin3r.errors import Fin3rError
 from fin3r.geometry import depth_to_points
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
-from fin3r.models.checkpoints import FIN3R_CONFIG_FILE
-from fin3r.models.layers.camera_head import CameraHead, pose_encoding_to_cameras
+from fin3r.models.io import load_state_dict_strict
+from fin3r.models.heads.camera import CameraHead, pose_encoding_to_cameras
 from fin3r.models.layers.dinov2 import DinoV2Encoder
-from fin3r.models.layers.dpt_vggt import VggtDPTHead
+from fin3r.models.heads.dpt_vggt import VggtDPTHead
 from fin3r.models.layers.patch_embed import patch_positions
 from fin3r.models.layers.rope2d import RoPE2D
 from fin3r.models.layers.vggt_blocks import LayerScaleBlock, run_block
@@ -64,10 +60,6 @@ VGGT_TINY_CONFIG: dict[str, Any] = dict(
     dpt_layers=[0, 1, 2, 3], camera_trunk_depth=2, camera_num_heads=2,
 )
 
-#: the parameters of the official ``VGGT.__init__`` (facebookresearch/vggt, ``vggt/models/vggt.py``),
-#: the keys ``PyTorchModelHubMixin`` writes to ``config.json``
-VGGT_OFFICIAL_ARGS = ("img_size", "patch_size", "embed_dim", "enable_camera", "enable_point", "enable_depth",
-                      "enable_track")
 #: the heads fin3r builds, by their official ``enable_*`` flag
 BUILT_HEADS = ("camera", "point", "depth")
 
@@ -310,7 +302,12 @@ class Vggt(Reconstructor):
         return x[:, self.aggregator.patch_start :]
 
     # --- official checkpoints -----------------------------------------------------------------
-    def load_official(self, state_dict: dict[str, Tensor], source: str = "state_dict") -> VggtLoadReport:
+    def load_weights(self, state_dict: dict[str, Tensor], source: str = "state_dict", assign: bool = False) -> None:
+        """Strict loading after dropping ``track_head.*`` (logged, and kept in ``load_report``)."""
+        self.load_official(state_dict, source, assign=assign)
+
+    def load_official(self, state_dict: dict[str, Tensor], source: str = "state_dict",
+                      assign: bool | None = None) -> VggtLoadReport:
         """Load official weights strictly, after dropping ``track_head.*`` (logged and reported).
 
         Raises :class:`CheckpointError` naming the missing / unexpected / mis-shaped keys.
@@ -319,37 +316,11 @@ class Vggt(Reconstructor):
         if dropped:
             logger.info("%s: dropped %d track_head.* tensors (the VGGT track head is not built)", source,
                         len(dropped))
-        from fin3r.models.registry import load_state_dict_strict
-
-        load_state_dict_strict(self, state_dict, source, assign=any(p.is_meta for p in self.parameters()))
+        if assign is None:
+            assign = any(p.is_meta for p in self.parameters())
+        load_state_dict_strict(self, state_dict, source, assign=assign)
         self.load_report = VggtLoadReport(source=source, loaded=len(state_dict), dropped=dropped)
         return self.load_report
-
-    @classmethod
-    def from_official(cls, path: str | os.PathLike, config: dict[str, Any] | None = None) -> Vggt:
-        """A model with the weights of an official file, in eval mode, ``model.load_report`` set.
-
-        ``path``: ``model.pt`` (plain state_dict), a ``.safetensors`` file, or a Hugging Face folder
-        (``config.json`` + ``model.safetensors`` or ``model.pt``). ``config``: constructor kwargs
-        (default: VGGT-1B, updated by the constructor arguments found in ``config.json`` and the
-        fin3r sidecar; ``enable_track`` is ignored, ``enable_camera/point/depth`` must not be false).
-        The model is built on the meta device and the loaded tensors are assigned (no second copy
-        of the 5 GB of weights).
-        """
-        hf_config, state_dict = read_vggt_checkpoint(path)
-        disabled = [h for h in BUILT_HEADS if hf_config.get(f"enable_{h}", True) is False]
-        if disabled:
-            raise CheckpointError(f"{path}: config.json disables the {' and '.join(disabled)} head(s); fin3r's "
-                                  f"Vggt always builds the camera, point and depth heads")
-        kwargs = dict(VGGT_1B_CONFIG)
-        kwargs.update({k: v for k, v in hf_config.items() if k in VGGT_1B_CONFIG})
-        kwargs.update(config or {})
-        # fp32 weights (a no-op for the official fp32 files; half-precision files are upcast)
-        state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-        with torch.device("meta"):
-            model = cls(**kwargs)
-        model.load_official(state_dict, str(path))
-        return model.eval()
 
 
 def drop_track_head(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -358,106 +329,5 @@ def drop_track_head(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], l
     return {k: v for k, v in state_dict.items() if not k.startswith(TRACK_HEAD_PREFIX)}, dropped
 
 
-def _load_torch_state_dict(path: Path) -> dict[str, Tensor]:
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused to unpickle (only plain tensors are allowed): {first}") from e
-    except Exception as e:  # truncated or not a torch file
-        raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from e
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-        raise CheckpointError(f"{path}: expected a plain state_dict (name -> tensor), got {type(obj).__name__}")
-    return obj
-
-
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from e
-
-
-def is_vggt_hf_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a Hugging Face folder of official VGGT weights (``model.safetensors`` whose
-    keys start with ``aggregator.``, no fin3r ``family`` in ``config.json``); reads headers only."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    weights = path / "model.safetensors"
-    if not path.is_dir() or not weights.is_file():
-        return False
-    try:
-        if "family" in json.loads((path / "config.json").read_text()):
-            return False
-    except (OSError, ValueError):
-        pass
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            return any(k.startswith("aggregator.patch_embed.") for k in f.keys())
-    except Exception:  # unreadable: let the generic reader report it
-        return False
-
-
-def _read_fin3r_config(path: Path) -> dict[str, Any]:
-    """The VGGT constructor kwargs in a fin3r sidecar config (``{}`` if there is none)."""
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(config, dict) or config.get("family") != "vggt":
-        raise CheckpointError(f"{path}: expected a fin3r VGGT config (a JSON object with family 'vggt')")
-    return {k: v for k, v in config.items() if k != "family"}
-
-
-def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(hf_config, state_dict)`` of an official VGGT file or Hugging Face folder.
-
-    ``hf_config`` is the folder's ``config.json`` (``{}`` for single files), either form: the official
-    constructor kwargs (``img_size, patch_size, embed_dim, enable_*``) or fin3r's (older fin3r
-    exports), updated by a fin3r sidecar (:data:`~fin3r.models.checkpoints.FIN3R_CONFIG_FILE`) if
-    present; ``module.`` prefixes are stripped. Never unpickles anything but tensors
-    (``torch.load(weights_only=True)``).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    hf_config: dict[str, Any] = {}
-    if path.is_dir():
-        cfg = path / "config.json"
-        if cfg.exists():
-            try:
-                hf_config = json.loads(cfg.read_text())
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"{cfg}: not valid JSON ({e})") from e
-            if not isinstance(hf_config, dict):
-                raise CheckpointError(f"{cfg}: expected a JSON object")
-        hf_config.update(_read_fin3r_config(path / FIN3R_CONFIG_FILE))
-        for name in ("model.safetensors", "model.pt", "pytorch_model.bin"):
-            if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path}: folder has no model.safetensors / model.pt")
-    if path.suffix == ".safetensors":
-        state_dict = _load_safetensors(path)
-    else:
-        state_dict = _load_torch_state_dict(path)
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-    return hf_config, state_dict
-
-
-__all__ = ["Vggt", "Aggregator", "VggtLoadReport", "VGGT_1B_CONFIG", "VGGT_TINY_CONFIG", "VGGT_OFFICIAL_ARGS",
-           "read_vggt_checkpoint", "is_vggt_hf_folder", "drop_track_head", "slice_special_tokens"]
+__all__ = ["Vggt", "Aggregator", "VggtLoadReport", "VGGT_1B_CONFIG", "VGGT_TINY_CONFIG", "BUILT_HEADS",
+           "drop_track_head", "slice_special_tokens"]

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from fin3r.geometry import quaternion_to_matrix
 from fin3r.models.layers.activations import Mode, reg_dense_conf, reg_dense_depth
-from fin3r.models.layers.cut3r_blocks import ConditionModulationBlock
-from fin3r.models.layers.dpt_croco import OFFICIAL_FEATURE_DIM, OFFICIAL_LAYER_DIMS, DPTCroCo
+from fin3r.models.cut3r.blocks import ConditionModulationBlock
+from fin3r.models.heads.dpt_croco import OFFICIAL_FEATURE_DIM, OFFICIAL_LAYER_DIMS, DPTCroCo
 from fin3r.models.layers.mlp import Mlp
 from fin3r.models.layers.rope2d import RoPE2D
 

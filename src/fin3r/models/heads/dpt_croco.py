@@ -4,7 +4,7 @@ Four hooked token layers ``(B, N, C_i)`` are reshaped to ``(B, C_i, H/p, W/p)``,
 strides 4, 8, 16, 32 by ``act_postprocess``, projected to ``feature_dim`` by ``scratch.layerN_rn``
 and fused coarse-to-fine by four ``scratch.refinenetN`` blocks, then ``head`` upsamples to full
 resolution. Keys match the official module; the official ``scratch.layer_rn.{0..3}`` alias
-ModuleList is not created (loaders drop or map those keys, see ``fin3r.models.checkpoints``).
+ModuleList is not created (loaders drop or map those keys, see ``fin3r.models.croco.checkpoint``).
 
 The official widths are hard-coded there (feature_dim 256, last_dim 128, layer_dims
 96/192/384/768); they are arguments here so tiny test models stay small, and

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fin3r.models.base import ViewsPrediction
-from fin3r.models.dust3r import DPTPts3dHead, Dust3r, _mode
+from fin3r.models.croco.dust3r import DPTPts3dHead, Dust3r, _mode
 from fin3r.models.layers.activations import reg_dense_conf, reg_desc
 from fin3r.models.layers.mlp import Mlp
 

@@ -6,16 +6,16 @@ interleaved decoders -- ``dec_blocks_state`` (state stream, ``state_dec_num_head
 the released models) and ``dec_blocks`` (image stream, ``dec_num_heads`` = 12 heads; same
 parameter shapes, so a wrong head count would load silently). A **pose token** at position
 (-1, -1) is prepended to the image stream: the learned ``pose_token`` for the first frame, then
-one read from the **pose retriever** (:class:`~fin3r.models.layers.cut3r_blocks.LocalMemory`).
+one read from the **pose retriever** (:class:`~fin3r.models.cut3r.blocks.LocalMemory`).
 After each frame the state becomes the state stream's output and the memory is written.
 
-Keys (``research/keys/cut3r_*.keys.tsv``): ``patch_embed``, ``enc_blocks``, ``enc_norm`` (the
+Keys (the official ones, checked in ``tests/test_models_cut3r.py``): ``patch_embed``, ``enc_blocks``, ``enc_norm`` (the
 image encoder, the part Fin3R adapts); the ray-map encoder ``patch_embed_ray_map``,
 ``enc_blocks_ray_map``, ``enc_norm_ray_map`` and ``masked_img_token``/``masked_ray_map_token``
 (kept so official files load with ``strict=True``; unused for image input, where the official
 forward adds the ray-map branch multiplied by 0); ``register_tokens``, ``decoder_embed_state``,
 ``dec_blocks_state``, ``dec_norm_state``, ``decoder_embed``, ``dec_blocks``, ``dec_norm``,
-``pose_token``, ``pose_retriever``, ``downstream_head`` (:mod:`fin3r.models.layers.cut3r_heads`).
+``pose_token``, ``pose_retriever``, ``downstream_head`` (:mod:`fin3r.models.cut3r.heads`).
 
 Inputs are float images in ``[0, 1]`` (mapped to ``[-1, 1]`` inside), H and W multiples of 16
 (released models: 512 x {384 ... 160} and portrait; the 224 model 224 x 224). Outputs per frame
@@ -25,7 +25,6 @@ Inputs are float images in ``[0, 1]`` (mapped to ``[-1, 1]`` inside), H and W mu
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +32,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fin3r.errors import CheckpointError
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
-from fin3r.models.croco import CroCoEncoderMixin, rope_freq
+from fin3r.models.croco.encoder import CroCoEncoderMixin, rope_freq
 from fin3r.models.layers.blocks import Block, DecoderBlock, LayerNorm
-from fin3r.models.layers.cut3r_blocks import LocalMemory, cut3r_encoder_block
-from fin3r.models.layers.cut3r_heads import Cut3rDPTHead, Cut3rLinearHead, camera_pose_to_cam2world
-from fin3r.models.layers.dpt_croco import OFFICIAL_FEATURE_DIM, OFFICIAL_LAYER_DIMS
+from fin3r.models.cut3r.blocks import LocalMemory, cut3r_encoder_block
+from fin3r.models.cut3r.heads import Cut3rDPTHead, Cut3rLinearHead, camera_pose_to_cam2world
+from fin3r.models.heads.dpt_croco import OFFICIAL_FEATURE_DIM, OFFICIAL_LAYER_DIMS
 from fin3r.models.layers.patch_embed import PatchEmbed
 from fin3r.models.layers.rope2d import RoPE2D
 
@@ -208,8 +206,8 @@ class Cut3r(CroCoEncoderMixin, Reconstructor):
         # heads
         modes = dict(depth_mode=_mode(depth_mode), conf_mode=_mode(conf_mode), pose_mode=_mode(pose_mode))
         if head_type == "dpt":
-            if dec_depth <= 9:
-                raise ValueError(f"Cut3r: the DPT head needs a decoder depth > 9, got {dec_depth}")
+            if dec_depth < 2:  # the head reads blocks 2L/4, 3L/4 and L of the image stream
+                raise ValueError(f"Cut3r: the DPT head needs a decoder depth >= 2, got {dec_depth}")
             self.downstream_head: nn.Module = Cut3rDPTHead(
                 enc_embed_dim, dec_embed_dim, dec_num_heads, rope, rgb_head=rgb_head, patch_size=patch_size,
                 layer_dims=dpt_layer_dims, feature_dim=dpt_feature_dim, last_dim=last_dim, **modes)
@@ -268,7 +266,7 @@ class Cut3r(CroCoEncoderMixin, Reconstructor):
         """The official sequential forward on ``imgs (B, S, 3, H, W)`` in [0, 1] from the initial state.
 
         Returns one official output dict per frame (module docstring of
-        :mod:`fin3r.models.layers.cut3r_heads`), with ``pts3d_in_other_view`` in frame 0's camera.
+        :mod:`fin3r.models.cut3r.heads`), with ``pts3d_in_other_view`` in frame 0's camera.
         """
         self.check_images(imgs, ndim=5)
         B, S = imgs.shape[:2]
@@ -318,43 +316,6 @@ class Cut3r(CroCoEncoderMixin, Reconstructor):
     # --- checkpoints --------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         return {"family": self.family, **self._config}
-
-    def official_constructor_string(self) -> str:
-        """``args.model`` of an official file: ``"ARCroco3DStereo(ARCroco3DStereoConfig(...))"``."""
-        from fin3r.models.cut3r_checkpoint import constructor_string
-
-        return constructor_string(self._config)
-
-    @classmethod
-    def from_official(cls, path: str | os.PathLike, config: dict[str, Any] | None = None) -> Cut3r:
-        """A model (eval mode) with the weights of an official CUT3R ``.pth``.
-
-        The architecture is ``config`` (constructor kwargs) or, by default, the known configuration
-        that the file's ``args.model`` names (parsed, never evaluated; see
-        :mod:`fin3r.models.cut3r_checkpoint`); files without ``args`` are taken for the released
-        model their head type indicates. A file whose ``args.model`` contradicts ``config`` is an
-        error. Loading is strict (every key and shape); the model is built on the meta device and
-        the file's tensors are assigned (as float32).
-        """
-        from fin3r.models.cut3r_checkpoint import effective_config, guess_config_name, read_cut3r_checkpoint
-        from fin3r.models.registry import load_state_dict_strict
-
-        name, state_dict = read_cut3r_checkpoint(path)
-        if config is None:
-            config = CUT3R_CONFIGS[name or guess_config_name(state_dict)]
-        elif name is not None:
-            widths = ("dpt_layer_dims", "dpt_feature_dim", "dpt_last_dim")
-            want = {k: v for k, v in effective_config(config).items() if k not in widths}
-            have = {k: v for k, v in effective_config(CUT3R_CONFIGS[name]).items() if k not in widths}
-            if want != have:
-                raise CheckpointError(f"{path}: the file's args.model is the {name} architecture, which differs "
-                                      f"from the requested one in {sorted(k for k in want if want[k] != have[k])}")
-        config = {k: v for k, v in config.items() if k != "family"}
-        with torch.device("meta"):
-            model = cls(**config)
-        state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-        load_state_dict_strict(model, state_dict, str(path), assign=True)
-        return model.eval()
 
     def official_state_dict(self) -> dict[str, Tensor]:
         """Our state_dict plus the official alias keys ``downstream_head.dpt_*.scratch.layer_rn.{0..3}``

@@ -1,6 +1,7 @@
 """DUSt3R (``AsymmetricCroCo3DStereo``): two views in, a point map of each in view 1's frame out.
 
-Our own implementation with the official state_dict keys (``research/keys/dust3r_*.keys.tsv``).
+Our own implementation with the official state_dict keys (checked against the official key list in
+``tests/test_models_dust3r.py``).
 Build any size with the official constructor keyword names, e.g. the 512 DPT checkpoint::
 
     Dust3r(head_type="dpt", img_size=(512, 512), enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
@@ -15,19 +16,18 @@ The point scale is arbitrary (training normalised it by the mean distance).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fin3r.errors import CheckpointError, InputError
+from fin3r.errors import InputError
 from fin3r.models.base import MonoPrediction, ViewsPrediction
-from fin3r.models.croco import CroCoStereo
+from fin3r.models.croco.encoder import CroCoStereo
 from fin3r.models.layers.activations import reg_dense_conf, reg_dense_depth
-from fin3r.models.layers.dpt_croco import OFFICIAL_FEATURE_DIM, OFFICIAL_LAYER_DIMS, DPTCroCo, dpt_hooks
-from fin3r.models.layers.linear_head import LinearPatchHead
+from fin3r.models.heads.dpt_croco import OFFICIAL_FEATURE_DIM, OFFICIAL_LAYER_DIMS, DPTCroCo, dpt_hooks
+from fin3r.models.heads.linear import LinearPatchHead
 
 inf = math.inf
 
@@ -59,7 +59,7 @@ class LinearPts3dHead(LinearPatchHead):
 
 class Dust3r(CroCoStereo):
     """DUSt3R with the official constructor arguments (ignored official-only ones: see
-    ``fin3r.models.checkpoints.IGNORED_ARGS``). ``dpt_layer_dims``, ``dpt_feature_dim`` and
+    ``fin3r.models.croco.checkpoint.IGNORED_ARGS``). ``dpt_layer_dims``, ``dpt_feature_dim`` and
     ``dpt_last_dim`` default to the official widths; set them for tiny models."""
 
     family = "dust3r"
@@ -164,16 +164,6 @@ class Dust3r(CroCoStereo):
         return ViewsPrediction(pts3d=pts3d, conf=conf)
 
     # --- checkpoints --------------------------------------------------------------------------
-    @classmethod
-    def from_official(cls, path: str | os.PathLike) -> Dust3r:
-        """Load an official ``.pth`` / Hugging Face folder (or a fin3r file) of this family, in eval mode."""
-        from fin3r.models.registry import load_model
-
-        model = load_model(path)
-        if not isinstance(model, cls):
-            raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
-
     def config_dict(self) -> dict[str, Any]:
         return {"family": self.family, **self._config}
 
