@@ -248,3 +248,75 @@ def test_nearest_neighbors_brute_force_and_kdtree_agree():
         return
     d2, i2 = mt.nearest_neighbors(q, r, use_scipy=True)
     assert torch.equal(i2, i) and torch.allclose(d2, d)
+
+
+# --- MoGe's boundary F1, fov_x, local points (golden, MoGe 0286b49) ---------------------------
+
+EXTRA_FIXTURE = Path(__file__).parent / "fixtures" / "eval_moge_extra_metrics.safetensors"
+
+
+def _pinhole_points(depth, K):
+    H, W = depth.shape
+    u = (torch.arange(W) + 0.5) / W
+    v = (torch.arange(H) + 0.5) / H
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    return torch.stack([(uu - K[0, 2]) / K[0, 0] * depth, (vv - K[1, 2]) / K[1, 1] * depth, depth], -1)
+
+
+def test_boundary_fov_local_points_match_official_moge():
+    safetensors = pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    from fin3r.eval.boundary import boundary_f1
+
+    tensors = load_file(str(EXTRA_FIXTURE))
+    with safetensors.safe_open(str(EXTRA_FIXTURE), "pt") as f:
+        meta = f.metadata()
+    seen = set()
+    for c in range(2):
+        depth, mask = tensors[f"case{c}.depth"], tensors[f"case{c}.mask"].bool()
+        seg, noise = tensors[f"case{c}.seg"].long(), tensors[f"case{c}.noise"]
+        H, W = depth.shape
+        K = torch.tensor([[0.9, 0, 0.5], [0, 0.9 * W / H, 0.5], [0, 0, 1.0]])
+        Kp = torch.tensor([[0.8, 0, 0.5], [0, 0.8 * W / H, 0.5], [0, 0, 1.0]])
+        pd = torch.roll(depth, shifts=(1, 0), dims=(0, 1)) * noise * 1.7 + 0.2
+        pts = _pinhole_points(depth, K)
+        pp = _pinhole_points(pd, K) * 0.6 + torch.tensor([0.05, -0.1, 0.2])
+        gt = MonoGT(depth, mask, pts, is_metric=True, intrinsics=K, segmentation=seg, segment_ids=[1, 2, 3, 4],
+                    has_sharp_boundary=True)
+        preds = {
+            "scale": {"depth_scale_invariant": pd, "intrinsics": Kp},
+            "metric": {"depth_metric": pd, "points_metric": pp},
+            "disp": {"disparity_affine_invariant": 1 / pd},
+            "points": {"points_scale_invariant": pp, "depth_scale_invariant": pd},
+        }
+        for name, pred in preds.items():
+            out = score_mono(pred, gt)
+            keys = json.loads(meta[f"case{c}.{name}.keys"])
+            want = tensors[f"case{c}.{name}.values"]
+            got = [out[k.rsplit(".", 1)[0]][k.rsplit(".", 1)[1]] for k in keys]
+            assert torch.allclose(torch.tensor(got, dtype=torch.float64), want, atol=2e-5), (c, name, keys, got)
+            assert set(out) - {"depth_median"} == {k.rsplit(".", 1)[0] for k in keys}
+            seen |= {k.split(".")[0] for k in keys}
+        got = [boundary_f1(tensors[f"case{c}.rand_pred"], tensors[f"case{c}.rand_gt"], mask, r) for r in (1, 2, 3)]
+        assert torch.allclose(torch.tensor(got, dtype=torch.float64), tensors[f"case{c}.rand_f1"], atol=1e-6)
+    assert {"boundary", "fov_x", "local_points"} <= seen
+
+
+def test_extra_metrics_known_answers():
+    from fin3r.eval.boundary import boundary_f1
+
+    depth, mask, pts = _scene(3)
+    depth[10:20, 10:30] = 0.5  # a sharp step
+    assert boundary_f1(depth * 2.5, depth, mask, 2) == pytest.approx(1.0)  # F1 = 1 for pred = gt (up to scale)
+    K = torch.tensor([[0.5, 0, 0.5], [0, 0.7, 0.5], [0, 0, 1.0]])  # fov_x = 90 degrees
+    K2 = K.clone()
+    K2[0, 0] = 0.5 / math.tan(math.radians(30))  # fov_x = 60 degrees
+    from fin3r.eval.mono_scoring import fov_x_errors
+
+    assert fov_x_errors(K2, K) == pytest.approx({"mae": 30.0, "deviation": -30.0}, abs=1e-4)
+    seg = torch.zeros_like(depth, dtype=torch.long)
+    seg[:, 28:] = 1
+    gt = MonoGT(depth, mask, _points(depth), segmentation=seg, has_sharp_boundary=True)
+    out = score_mono({"points_scale_invariant": _points(depth) * 3.0 + 1.0}, gt, variants=["local_points"])
+    assert out["local_points"]["rel"] < 1e-5 and out["local_points"]["delta1"] == 1.0  # scale + shift removed

@@ -159,3 +159,27 @@ def test_world_export_and_a_tiny_model_end_to_end(tmp_path):
     tuned["benchmarks"]["world"]["depth_scale_invariant"]["rel"] -= 0.01
     cmp = compare_results(res, tuned, keys=["depth_scale_invariant.rel"])
     assert "| world | depth_scale_invariant.rel ↓ |" in cmp and "-1.00 | yes |" in cmp
+
+
+def test_segmented_sharp_benchmark_reports_local_points_and_boundary(tmp_path):
+    from fin3r.eval.moge_layout import write_moge_segmentation
+
+    folder = _bench(tmp_path, n=1, H=48, W=64)
+    ids = np.zeros((48, 64), np.uint16)
+    ids[:, 32:] = 7
+    ids[:4, :4] = 9  # too small (MoGe keeps segments of >= min_area pixels)
+    write_moge_segmentation(folder / "scene/000/segmentation.png", ids, {"wall": 7, "sky": 0, "cup": 9})
+    spec = json.loads((folder / "benchmark.json").read_text())
+    spec.update(include_segmentation=True, has_sharp_boundary=True)
+    (folder / "benchmark.json").write_text(json.dumps(spec))
+    inst = load_instance(folder, "scene/000", 64, 48, 1.0, include_segmentation=True)
+    assert inst.segment_ids == [7] and set(torch.unique(inst.segmentation).tolist()) <= {0, 7, 9}
+
+    def oracle(image):  # perfect up to scale
+        return {"depth_scale_invariant": inst.depth * 3, "points_scale_invariant": inst.points * 3}
+
+    res = evaluate_monodepth(oracle, tmp_path, ["toy"], config=MonodepthConfig(points=True), progress=False)
+    b = res["benchmarks"]["toy"]
+    assert b["local_points"]["rel"] < 1e-5 and b["local_points"]["delta1"] == 1.0
+    assert b["boundary"]["radius1_f1"] == 0.0  # a plane has no occlusion boundary: MoGe's F1 is 0
+    assert res["aggregation"]["images"].startswith("mean over images")

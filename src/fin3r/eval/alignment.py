@@ -36,6 +36,8 @@ __all__ = [
     "weighted_l1_points_scale_shift",
     "lstsq_affine",
     "median_scale",
+    "irls_l1_scale",
+    "adam_l1_scale_shift",
     "umeyama_sim3",
 ]
 
@@ -335,6 +337,47 @@ def median_scale(pred: Tensor, gt: Tensor) -> Tensor:
     ``torch.median`` returns the lower of the two middle values (as CUT3R does; ``np.median``
     averages them)."""
     return gt.median(dim=-1).values / pred.median(dim=-1).values
+
+
+def irls_l1_scale(pred: Tensor, gt: Tensor, iters: int = 10, eps: float = 1e-8, min_scale: float = 1e-3) -> Tensor:
+    """CUT3R's ``align_with_scale`` (its video-depth ``--align scale``): an iteratively
+    reweighted least-squares approximation of ``argmin_s sum_i |s p_i - g_i|`` over ``(N,)``.
+
+    Starts from ``s = mean(g) / mean(p)`` (NaN-skipping means), then ``iters`` times sets
+    ``w = 1 / (|s p - g| + eps)`` and ``s = sum w p g / sum w p^2``; finally ``s >= min_scale``.
+    The arithmetic follows torch's type promotion of the inputs (CUT3R's readers give float64 GT
+    and float32 predictions, so the scale is float64). Absolute, not relative, error: far pixels
+    weigh more than under MoGe's scale fit."""
+    s = torch.nanmean(gt) / torch.nanmean(pred)
+    for _ in range(iters):
+        w = 1.0 / ((s * pred - gt).abs() + eps)
+        s = (w * pred * gt).sum() / (w * pred**2).sum()
+    return s.clamp(min=min_scale)
+
+
+def adam_l1_scale_shift(
+    pred: Tensor, gt: Tensor, lr: float = 1e-4, max_iters: int = 1000, tol: float = 1e-6
+) -> tuple[float, float]:
+    """CUT3R's ``align_with_lad2`` (its video-depth ``--align scale&shift``): Adam on
+    ``sum_i |s p_i + t - g_i|`` over ``(N,)``, from ``s = median(g) / median(p)`` (torch's lower
+    median), ``t = 0``, learning rate ``lr``, at most ``max_iters`` steps, stopping once the loss
+    changes by less than ``tol``. An approximate least-absolute-deviation fit: with the default
+    rate the shift barely moves. ``s`` and ``t`` live in the prediction's dtype."""
+    s0 = (torch.median(gt) / torch.median(pred)).item()
+    with torch.enable_grad():
+        s = torch.tensor([s0], dtype=pred.dtype, device=pred.device, requires_grad=True)
+        t = torch.tensor([0.0], dtype=pred.dtype, device=pred.device, requires_grad=True)
+        opt = torch.optim.Adam([s, t], lr=lr)
+        prev = None
+        for _ in range(max_iters):
+            opt.zero_grad()
+            loss = (s * pred + t - gt).abs().sum()
+            loss.backward()
+            opt.step()
+            if prev is not None and abs(prev - loss.item()) < tol:
+                break
+            prev = loss.item()
+    return s.item(), t.item()
 
 
 def umeyama_sim3(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -73,6 +73,8 @@ def mono_predictor(
     The depth is the z of the model's own-view point map (``MonoPrediction.depth``), reported as
     ``depth_scale_invariant`` -- and as ``depth_metric`` too when ``metric`` (default: MASt3R,
     whose metric head predicts metres). ``points=True`` adds ``points_scale_invariant``.
+    ``depth_model_res`` is the depth at the model's output size (CUT3R's protocol upsamples it
+    bicubically itself).
     """
     family = getattr(model, "family", "")
     patch = int(getattr(model, "patch_size", 16))
@@ -87,7 +89,7 @@ def mono_predictor(
         x = resize_image(image[None].to(dev, torch.float32), size)
         pred = model.predict_mono(x)
         depth = resize_map(pred.depth.float(), (H, W))[0].cpu()
-        out = {"depth_scale_invariant": depth}
+        out = {"depth_scale_invariant": depth, "depth_model_res": pred.depth[0].float().cpu()}
         if is_metric:
             out["depth_metric"] = depth
         if points:

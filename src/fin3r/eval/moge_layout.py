@@ -6,6 +6,8 @@ Layout (``research/evaluation.md`` 1.2), one folder per benchmark::
     <Benchmark>/<instance>/image.jpg    RGB, 8 bit
     <Benchmark>/<instance>/depth.png    uint16, log-encoded between PNG text chunks near / far
     <Benchmark>/<instance>/meta.json    {"intrinsics": 3x3 normalized (image = [0, 1]^2)}
+    <Benchmark>/<instance>/segmentation.png  optional: uint8/uint16 segment ids, PNG text chunk
+                                        ``labels`` = JSON {name: id} (read for segmented benchmarks)
     <Benchmark>/<instance>/edge.png     optional (fin3r extension): uint8, 255 = depth-edge pixel
 
 ``depth.png`` codes: 0 = unknown (NaN), 65535 = infinitely far (+inf), otherwise
@@ -39,6 +41,8 @@ __all__ = [
     "read_moge_depth",
     "write_moge_depth",
     "read_moge_meta",
+    "read_moge_segmentation",
+    "write_moge_segmentation",
     "list_instances",
     "write_instance",
     "MoGeInstance",
@@ -93,6 +97,45 @@ def read_moge_meta(path: str | Path) -> dict:
     return meta
 
 
+#: segment labels MoGe's loader drops before scoring local point maps
+IGNORED_SEGMENT_LABELS = ("undefined", "unannotated", "background", "sky")
+
+
+def read_moge_segmentation(path: str | Path) -> tuple[np.ndarray, dict[str, int]]:
+    """``segmentation.png``: ``(ids (H, W) int64, labels {name: id})`` (labels from the PNG text
+    chunk ``labels``; without it, every id but 0 is a segment named by its id)."""
+    with Image.open(path) as im:
+        info = dict(im.info)
+        ids = np.array(im).astype(np.int64)
+    if ids.ndim != 2:
+        raise InputError(f"{path}: a segmentation must be a single-channel PNG, got shape {ids.shape}")
+    if "labels" in info:
+        try:
+            labels = {str(k): int(v) for k, v in json.loads(info["labels"]).items()}
+        except (ValueError, TypeError, AttributeError):
+            raise InputError(f"{path}: the 'labels' text chunk is not a JSON object of integer ids") from None
+    else:
+        labels = {str(i): int(i) for i in np.unique(ids) if i != 0}
+    return ids, labels
+
+
+def write_moge_segmentation(path: str | Path, ids: np.ndarray, labels: dict[str, int]) -> None:
+    """Write ``segmentation.png`` (uint16 ids, ``labels`` JSON text chunk) as MoGe's writer does."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("labels", json.dumps(labels, ensure_ascii=True, separators=(",", ":")))
+    Image.fromarray(np.asarray(ids, dtype=np.uint16)).save(path, pnginfo=info)
+
+
+def select_segments(ids: np.ndarray, labels: dict[str, int], max_segments: int = 100, min_area: int = 1000) -> list[int]:
+    """MoGe's segment filter on the evaluation view: drop the ignored labels, keep the
+    ``max_segments`` largest (pixel count over the whole view, valid or not) with at least
+    ``min_area`` pixels. Returns their ids, largest first."""
+    counts = dict(zip(*np.unique(ids, return_counts=True)))
+    kept = {k: v for k, v in labels.items() if k not in IGNORED_SEGMENT_LABELS}
+    order = sorted(kept, key=lambda k: counts.get(kept[k], 0), reverse=True)
+    return [kept[k] for k in order[:max_segments] if counts.get(kept[k], 0) >= min_area]
+
+
 def list_instances(root: str | Path, split: str = ".index.txt", benchmark: str = "") -> list[str]:
     """Instance folders listed in ``root/split`` (blank lines skipped)."""
     index = Path(root) / split
@@ -132,6 +175,8 @@ class MoGeInstance:
         points: ``(H, W, 3)`` GT point map (OpenCV camera frame).
         is_metric: the benchmark has a depth unit.
         edge: optional ``(H, W)`` bool depth-edge pixels.
+        segmentation: optional ``(H, W)`` long segment ids (segmented benchmarks).
+        segment_ids: the ids MoGe scores (see :func:`select_segments`).
     """
 
     name: str
@@ -142,6 +187,8 @@ class MoGeInstance:
     points: Tensor
     is_metric: bool
     edge: Tensor | None = None
+    segmentation: Tensor | None = None
+    segment_ids: list[int] | None = None
 
 
 def _uv_grid(h: int, w: int) -> np.ndarray:
@@ -212,8 +259,12 @@ def load_instance(
     depth_unit: float | None = None,
     drop_max_depth: float = 1000.0,
     benchmark: str = "",
+    include_segmentation: bool = False,
 ) -> MoGeInstance:
-    """Read instance ``name`` of a benchmark and build its evaluation view (see the module doc)."""
+    """Read instance ``name`` of a benchmark and build its evaluation view (see the module doc).
+
+    ``include_segmentation`` reads ``segmentation.png`` (required then) and warps it like the depth
+    mask (nearest), keeping MoGe's segment selection."""
     folder = Path(bench_root) / name
     bench = benchmark or Path(bench_root).name
     paths = {k: folder / f for k, f in (("image", "image.jpg"), ("depth", "depth.png"), ("meta", "meta.json"))}
@@ -229,7 +280,15 @@ def load_instance(
     if edge_path.is_file():
         with Image.open(edge_path) as im:
             edge = np.array(im) > 0
+    seg = labels = None
+    if include_segmentation:
+        seg_path = folder / "segmentation.png"
+        if not seg_path.is_file():
+            raise InputError(f"benchmark {bench}: missing file {seg_path}")
+        seg, labels = read_moge_segmentation(seg_path)
     raw_hgt, raw_wid = image.shape[:2]
+    if seg is not None and seg.shape != (raw_hgt, raw_wid):
+        raise InputError(f"benchmark {bench}: {folder / 'segmentation.png'} is {seg.shape}, image is {(raw_hgt, raw_wid)}")
     if raw_depth.shape != (raw_hgt, raw_wid):
         raise InputError(f"benchmark {bench}: {paths['depth']} is {raw_depth.shape}, image is {(raw_hgt, raw_wid)}")
     mask = np.isfinite(raw_depth)
@@ -260,6 +319,11 @@ def load_instance(
     depth_t = dist_t / (ray_len + 1e-12)
     if edge is not None:
         edge = cv2.remap(edge, map_x, map_y, cv2.INTER_NEAREST) > 0
+    segment_ids = None
+    if seg is not None:  # nearest resize, then the same homography (nearest), as MoGe
+        seg = cv2.resize(seg.astype(np.float32), (resc_w, resc_h), interpolation=cv2.INTER_NEAREST)
+        seg = cv2.remap(seg, map_x, map_y, cv2.INTER_NEAREST).astype(np.int64)
+        segment_ids = select_segments(seg, labels)
 
     if mask_t.any():
         max_depth = np.quantile(depth_t[mask_t], 0.01) * drop_max_depth
@@ -278,5 +342,7 @@ def load_instance(
         points=torch.from_numpy(points.astype(np.float32)),
         is_metric=depth_unit is not None,
         edge=None if edge is None else torch.from_numpy(edge),
+        segmentation=None if seg is None else torch.from_numpy(seg),
+        segment_ids=segment_ids,
     )
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fin3r.errors import InputError
+from fin3r.eval.cut3r_depth import Cut3rDepthSettings, pixel_weighted_mean
 from fin3r.eval.metrics import key_average
 from fin3r.eval.model_io import MonoPredictor, mono_predictor
 from fin3r.eval.moge_layout import list_instances, load_instance
@@ -63,20 +64,28 @@ class BenchmarkSpec:
     depth_unit: float | None = None
     drop_max_depth: float = 1000.0
     input_long_side: int | None = None  # recommended model input size (the world export sets it)
+    include_segmentation: bool = False  # reads segmentation.png: local point metrics
+    has_sharp_boundary: bool = False  # boundary F1
 
 
 #: MoGe ``configs/eval/all_benchmarks.json`` (folder names as in its HF data set)
 MOGE_BENCHMARKS: dict[str, BenchmarkSpec] = {
     "NYUv2": BenchmarkSpec("NYUv2", 640, 480, depth_unit=1.0),
     "KITTI": BenchmarkSpec("KITTI", 750, 375, depth_unit=1.0),
-    "ETH3D": BenchmarkSpec("ETH3D", 2048, 1365, depth_unit=1.0),
-    "iBims-1": BenchmarkSpec("iBims-1", 640, 480, depth_unit=1.0),
+    "ETH3D": BenchmarkSpec("ETH3D", 2048, 1365, depth_unit=1.0, include_segmentation=True),
+    "iBims-1": BenchmarkSpec("iBims-1", 640, 480, depth_unit=1.0, include_segmentation=True, has_sharp_boundary=True),
     "GSO": BenchmarkSpec("GSO", 512, 512),
-    "Sintel": BenchmarkSpec("Sintel", 872, 436),
-    "DDAD": BenchmarkSpec("DDAD", 1400, 700, depth_unit=1.0),
-    "DIODE": BenchmarkSpec("DIODE", 1024, 768, depth_unit=1.0),
-    "Spring": BenchmarkSpec("Spring", 1920, 1080),
-    "HAMMER": BenchmarkSpec("HAMMER", 1664, 832, depth_unit=1.0),
+    "Sintel": BenchmarkSpec("Sintel", 872, 436, include_segmentation=True, has_sharp_boundary=True),
+    "DDAD": BenchmarkSpec("DDAD", 1400, 700, depth_unit=1.0, include_segmentation=True),
+    "DIODE": BenchmarkSpec("DIODE", 1024, 768, depth_unit=1.0, include_segmentation=True),
+    "Spring": BenchmarkSpec("Spring", 1920, 1080, has_sharp_boundary=True),
+    "HAMMER": BenchmarkSpec("HAMMER", 1664, 832, depth_unit=1.0, has_sharp_boundary=True),
+}
+
+#: how each figure of a monodepth result is aggregated (stated in every result and table)
+AGGREGATION = {
+    "images": "mean over images (MoGe), except depth_median: mean over images weighted by valid pixels (CUT3R)",
+    "benchmarks": "unweighted mean over benchmarks, each metric over the benchmarks that have it (MoGe)",
 }
 
 #: the seven metric benchmarks of the paper's Table 1 (research/evaluation.md section 0)
@@ -91,25 +100,33 @@ class MonodepthConfig:
         benchmarks: benchmark names; ``world`` is the exported synthetic-world benchmark.
         specs: extra or overriding benchmark specs by name (a benchmark folder may also carry a
             ``benchmark.json`` with the same fields, as the world export writes).
-        variants: alignment variants to score (see ``fin3r.eval.mono_scoring``).
-        points: also predict point maps and score the ``points_*`` variants (slower: the affine
-            point fit is the most expensive part of the evaluation).
+        variants: alignment variants and MoGe's other figures to score (see
+            ``fin3r.eval.mono_scoring``; ``boundary`` only on sharp-boundary benchmarks, ``fov_x``
+            only for predictions with intrinsics).
+        points: also predict point maps and score the ``points_*`` variants and ``local_points``
+            on segmented benchmarks (slower: the affine point fits are the most expensive part).
         full_metrics: also delta2/3, delta103, sq_rel, rmse, log_rmse.
         input_long_side: model input long side (VGGT: width); default per family (512 / 518).
         metric: report ``depth_metric`` (default: MASt3R only).
         max_images: evaluate only the first N instances of each split (quick checks).
         table_variant: the variant of the Markdown table (the paper's: scale-invariant depth).
+        median_max_depth: CUT3R's ``max_depth`` for the ``depth_median`` variant (GT at or above
+            it is invalid there; CUT3R: 70 for Sintel and Bonn, none for KITTI and NYU).
+        median_post_clip_max: CUT3R's clipping of the aligned ``depth_median`` prediction
+            (CUT3R: 70 for Sintel).
     """
 
     benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
     specs: dict[str, BenchmarkSpec] = field(default_factory=dict)
-    variants: list[str] = field(default_factory=lambda: list(DEPTH_VARIANTS))
+    variants: list[str] = field(default_factory=lambda: list(DEPTH_VARIANTS) + ["boundary", "fov_x"])
     points: bool = False
     full_metrics: bool = False
     input_long_side: int | None = None
     metric: bool | None = None
     max_images: int | None = None
     table_variant: str = "depth_scale_invariant"
+    median_max_depth: float | None = None
+    median_post_clip_max: float | None = None
 
 
 def resolve_benchmark(root: str | Path, name: str, config: MonodepthConfig | None = None) -> tuple[Path, BenchmarkSpec]:
@@ -145,7 +162,8 @@ def _predictor(model, config: MonodepthConfig, spec: BenchmarkSpec) -> MonoPredi
 def _signature(name: str, spec: BenchmarkSpec, config: MonodepthConfig, model_tag: str) -> str:
     payload = dict(benchmark=name, spec=asdict(spec), variants=sorted(config.variants), points=config.points,
                    full=config.full_metrics, long_side=config.input_long_side, metric=config.metric,
-                   max_images=config.max_images, model=model_tag)
+                   max_images=config.max_images, model=model_tag, median_max_depth=config.median_max_depth,
+                   median_post_clip_max=config.median_post_clip_max)
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -172,11 +190,14 @@ def evaluate_benchmark(
         names = names[: config.max_images]
     variants = list(config.variants)
     if config.points:
-        variants += [v for v in ("points_metric", "points_scale_invariant", "points_affine_invariant") if v not in variants]
+        variants += [v for v in ("points_metric", "points_scale_invariant", "points_affine_invariant", "local_points")
+                     if v not in variants]
     records, excluded = [], []
     t_fwd = t_met = 0.0
+    median_settings = Cut3rDepthSettings(config.median_max_depth, config.median_post_clip_max)
     for inst_name in tqdm(names, desc=f"monodepth {name}", disable=not progress, leave=False):
-        inst = load_instance(folder, inst_name, spec.width, spec.height, spec.depth_unit, spec.drop_max_depth, name)
+        inst = load_instance(folder, inst_name, spec.width, spec.height, spec.depth_unit, spec.drop_max_depth, name,
+                             include_segmentation=spec.include_segmentation and "local_points" in variants)
         n_valid = int(inst.mask.sum())
         if n_valid == 0:
             excluded.append(inst_name)
@@ -185,13 +206,19 @@ def evaluate_benchmark(
         t0 = time.perf_counter()
         pred = predict(inst.image)
         t1 = time.perf_counter()
-        gt = MonoGT(inst.depth, inst.mask, inst.points, inst.is_metric, inst.edge)
-        metrics = score_mono(pred, gt, variants=variants, full=config.full_metrics)
+        gt = MonoGT(inst.depth, inst.mask, inst.points, inst.is_metric, inst.edge, intrinsics=inst.intrinsics,
+                    segmentation=inst.segmentation, segment_ids=inst.segment_ids,
+                    has_sharp_boundary=spec.has_sharp_boundary)
+        metrics = score_mono(pred, gt, variants=variants, full=config.full_metrics, median_settings=median_settings)
         t2 = time.perf_counter()
         t_fwd += t1 - t0
         t_met += t2 - t1
         records.append({"name": inst_name, "valid_pixels": n_valid, **metrics})
     summary = key_average([{k: v for k, v in r.items() if isinstance(v, dict)} for r in records])
+    median = [r["depth_median"] for r in records if "depth_median" in r]
+    if median:  # CUT3R's aggregate: weighted by each image's valid pixels, not a per-image mean
+        keys = [k for k in median[0] if k != "valid_pixels"]
+        summary["depth_median"] = pixel_weighted_mean(median, keys)
     summary.update(num_images=len(records), num_excluded=len(excluded), forward_time_s=t_fwd, metric_time_s=t_met)
     return {"summary": summary, "records": records, "excluded": excluded}
 
@@ -243,7 +270,8 @@ def evaluate_monodepth(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         (out / "monodepth").mkdir(parents=True, exist_ok=True)
-    result: dict = {"task": "monodepth", "model": model_tag, "config": asdict(config), "benchmarks": {}, "records": {}, "excluded": {}}
+    result: dict = {"task": "monodepth", "model": model_tag, "config": asdict(config), "aggregation": AGGREGATION,
+                    "benchmarks": {}, "records": {}, "excluded": {}}
     for name in names:
         folder, spec = resolve_benchmark(root, name, config)
         sig = _signature(name, spec, config, model_tag)
@@ -269,7 +297,7 @@ def evaluate_monodepth(
     if out is not None:
         from fin3r.eval.report import monodepth_table
 
-        summary = {k: result[k] for k in ("task", "model", "config", "benchmarks", "mean", "excluded")}
+        summary = {k: result[k] for k in ("task", "model", "config", "aggregation", "benchmarks", "mean", "excluded")}
         save_result(out / "monodepth.json", summary)
         write_text_atomic(out / "monodepth.md", monodepth_table(summary, config.table_variant))
     return result

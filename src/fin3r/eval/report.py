@@ -17,10 +17,10 @@ from fin3r.io import write_text_atomic
 __all__ = ["monodepth_table", "summary_table", "compare_results", "load_result", "save_result", "PERCENT_KEYS"]
 
 #: leaf metric names printed x 100
-PERCENT_KEYS = {"rel", "delta1", "delta2", "delta3", "delta103", "rel_edge", "delta1_edge", "sq_rel",
+PERCENT_KEYS = {"rel", "delta0", "delta1", "delta2", "delta3", "delta103", "rel_edge", "delta1_edge", "sq_rel",
                 "auc@5", "auc@10", "auc@20", "absrel", "inliers103"}
 #: leaf metrics where higher is better (for the arrows and the sign of improvements)
-HIGHER_IS_BETTER = {"delta1", "delta2", "delta3", "delta103", "delta1_edge", "auc@5", "auc@10", "auc@20",
+HIGHER_IS_BETTER = {"delta0", "delta1", "delta2", "delta3", "delta103", "delta1_edge", "auc@5", "auc@10", "auc@20",
                     "inliers103", "nc", "nc_med", "nc1", "nc2"}
 
 
@@ -56,7 +56,10 @@ def monodepth_table(result: dict, variant: str = "depth_scale_invariant") -> str
     mean = result["mean"].get(variant, {})
     cells += [_fmt(mean.get("rel"), "rel"), _fmt(mean.get("delta1"), "delta1")]
     row = f"| {result.get('model') or 'model'} | " + " | ".join(cells) + " |"
-    notes = [f"Variant `{variant}`; Rel and δ1 in %; mean = unweighted mean over benchmarks."]
+    per_image = ("mean over images weighted by valid pixels (CUT3R)" if variant == "depth_median"
+                 else "mean over images (MoGe)")
+    notes = [f"Variant `{variant}`; Rel and δ1 in %; per benchmark: {per_image}; "
+             "Avg = unweighted mean over benchmarks."]
     excl = {k: len(v) for k, v in result.get("excluded", {}).items() if v}
     if excl:
         notes.append("Excluded instances (no valid GT pixel): " + ", ".join(f"{k}: {v}" for k, v in excl.items()) + ".")
@@ -75,7 +78,7 @@ def _leaves(d: dict, prefix: str = "") -> dict[str, float]:
 
 def _skip(key: str) -> bool:
     leaf = key.rsplit(".", 1)[-1]
-    return leaf.endswith("_time_s") or leaf.startswith("num_")
+    return leaf.endswith("_time_s") or leaf.startswith("num_") or leaf == "valid_pixels"
 
 
 def summary_table(result: dict) -> str:
