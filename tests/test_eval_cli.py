@@ -19,9 +19,12 @@ def test_cli_world_export_monodepth_relpose_compare(tmp_path, capsys):
     res["model"] = "tuned"
     res["benchmarks"]["world"]["depth_scale_invariant"]["rel"] *= 0.5
     (out / "b.json").write_text(json.dumps(res))
-    assert main(["eval", "--compare", str(out / "a/monodepth.json"), str(out / "b.json")]) == 0
+    assert main(["eval", "--compare", str(out / "a/monodepth.json"), str(out / "b.json"), "--detail"]) == 0
     text = capsys.readouterr().out
     assert "| world | depth_scale_invariant.rel ↓ |" in text and "| yes |" in text
+    rel = res["benchmarks"]["world"]["depth_scale_invariant"]["rel"]
+    assert f"| tuned | {100 * rel:.2f} ({-100 * rel:+.2f}) |" in text  # paper table, difference to row 1
+    assert r"\begin{tabular}" in text and "Protocol: monodepth: MoGe's monocular protocol" in text
     assert main(["eval", "relpose", "--model", "dust3r_tiny", "--root", data, "--benchmark", "world_pairs",
                  "--quiet", "--out", str(out / "r")]) == 0
     assert "Translation error: signed" in capsys.readouterr().out

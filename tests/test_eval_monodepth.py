@@ -183,3 +183,20 @@ def test_segmented_sharp_benchmark_reports_local_points_and_boundary(tmp_path):
     assert b["local_points"]["rel"] < 1e-5 and b["local_points"]["delta1"] == 1.0
     assert b["boundary"]["radius1_f1"] == 0.0  # a plane has no occlusion boundary: MoGe's F1 is 0
     assert res["aggregation"]["images"].startswith("mean over images")
+
+
+def test_paper_table_rows_differences_and_task_mismatch():
+    from fin3r.eval.paper_table import paper_table
+
+    def rel(model, a, b):
+        return {"task": "relpose", "model": model, "solver": "pnp", "translation_sign": "signed",
+                "benchmarks": {"scannet1500": {"auc@5": a, "auc@10": b, "auc@20": 0.7}}}
+
+    rows = [rel("base", 0.3161, 0.5377), rel("fin3r", 0.3373, 0.5567), rel("ctrl", 0.30, 0.50)]
+    md = paper_table(rows)
+    assert "| fin3r | 33.73 (+2.12) | 55.67 (+1.90) | 70.00 (+0.00) |" in md
+    assert "| base | 31.61 | 53.77 | 70.00 |" in md and "solver `pnp`" in md
+    tex = paper_table(rows, "latex")
+    assert r"ctrl & 30.00 (-1.61) & 50.00 (-3.77) & 70.00 (+0.00) \\" in tex
+    with pytest.raises(ValueError, match="different tasks"):
+        paper_table([rows[0], {"task": "monodepth", "benchmarks": {}}])

@@ -19,8 +19,9 @@ DESCRIPTION = """Evaluate a model, with or without a Fin3R adapter, following ea
   world       export the synthetic world as benchmarks in the same layouts (for runs without data)
 
 Each writes OUT/<task>.json (every figure, per image/pair/view records included), CSV per image,
-and a Markdown table; monodepth resumes per benchmark. `fin3r eval --compare base.json tuned.json`
-prints the before/after table with deltas.
+and a Markdown table; monodepth resumes per benchmark. `fin3r eval --compare A.json B.json ...` prints
+the paper-style table (one row per model, each row's difference to the first) in Markdown and LaTeX;
+`--detail` adds every figure of two results with its delta.
 
 examples:
   fin3r eval world --out data/world_eval
@@ -52,9 +53,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compare", nargs=2, metavar=("BASE_JSON", "TUNED_JSON"), default=None,
-                        help="print the before/after table of two result JSONs with deltas and exit")
-    parser.add_argument("--keys", default=None, help="with --compare: comma-separated substrings of the metric "
+    parser.add_argument("--compare", nargs="+", metavar="RESULT_JSON", default=None,
+                        help="print the paper-style table of two or more result JSONs of one task (one row per "
+                             "model, benchmarks as columns, each row's difference to the first) and exit")
+    parser.add_argument("--format", dest="table_format", default="both", choices=("markdown", "latex", "both"),
+                        help="with --compare: table format (default: both)")
+    parser.add_argument("--variant", default=None, help="with --compare: the monodepth variant or videodepth "
+                        "alignment to tabulate (default: the result's table variant / first alignment)")
+    parser.add_argument("--detail", action="store_true", help="with --compare of two results: also every shared "
+                        "figure with its delta, one row per (benchmark, metric)")
+    parser.add_argument("--keys", default=None, help="with --detail: comma-separated substrings of the metric "
                         "paths to show (e.g. depth_scale_invariant)")
     sub = parser.add_subparsers(dest="eval_task", metavar="TASK")
     fmt = argparse.RawDescriptionHelpFormatter
@@ -141,14 +149,32 @@ def _run(args: argparse.Namespace) -> int:
     from fin3r.errors import Fin3rError
 
     if args.compare:
+        import json
+
+        from fin3r.eval.paper_table import paper_table
         from fin3r.eval.report import compare_results, load_result
 
+        if len(args.compare) < 2:
+            raise Fin3rError("--compare needs at least two result JSONs")
+        results = []
         for p in args.compare:
             if not Path(p).is_file():
                 raise Fin3rError(f"--compare: missing file {p}")
-        keys = args.keys.split(",") if args.keys else None
+            try:
+                res = load_result(p)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise Fin3rError(f"--compare: {p} is not a result JSON") from None
+            if not isinstance(res, dict) or not isinstance(res.get("benchmarks"), dict):
+                raise Fin3rError(f"--compare: {p} is not a result JSON (no 'benchmarks')")
+            results.append(res)
         try:
-            print(compare_results(load_result(args.compare[0]), load_result(args.compare[1]), keys), end="")
+            for fmt in (("markdown", "latex") if args.table_format == "both" else (args.table_format,)):
+                print(paper_table(results, fmt, args.variant))
+            if args.detail:
+                if len(results) != 2:
+                    raise ValueError("--detail compares exactly two results")
+                keys = args.keys.split(",") if args.keys else None
+                print(compare_results(results[0], results[1], keys), end="")
         except ValueError as e:
             raise Fin3rError(str(e)) from None
         return 0
