@@ -16,6 +16,8 @@ DESCRIPTION = """Evaluate a model, with or without a Fin3R adapter, following ea
               pnp | essential | cameras
   mvdepth     multi-view depth on 7-Scenes / NRGBD / ScanNet layouts: median scaling, AbsRel, inliers<1.03
   pointmap    multi-view point maps: accuracy, completeness, normal consistency after alignment
+  videodepth  video depth on Sintel / Bonn / KITTI in CUT3R's layouts: one scale (or scale + shift) per
+              sequence, CUT3R's metrics, sequences weighted by valid pixels
   world       export the synthetic world as benchmarks in the same layouts (for runs without data)
 
 Each writes OUT/<task>.json (every figure, per image/pair/view records included), CSV per image,
@@ -32,7 +34,7 @@ examples:
   fin3r eval pointmap --model vggt_tiny --root data/world_eval --benchmark world_scenes
   fin3r eval --compare eval/dust3r/monodepth.json eval/dust3r_fin3r/monodepth.json"""
 
-TASKS = ("monodepth", "relpose", "mvdepth", "pointmap", "world")
+TASKS = ("monodepth", "relpose", "mvdepth", "pointmap", "videodepth", "world")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -97,6 +99,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--kf-every", type=int, default=None, help="keep every k-th frame")
         p.add_argument("--num-views", type=int, default=None, help="views per forward (default 2 for DUSt3R/MASt3R)")
         p.add_argument("--max-scenes", type=int, default=None, help="first N scenes only")
+
+    p = sub.add_parser("videodepth", help="video depth on Sintel / Bonn / KITTI (CUT3R's protocol)", formatter_class=fmt,
+                       description="Video depth: each sequence through the model's multi-view path, one alignment "
+                                   "per sequence (CUT3R / MonST3R / pi3 tables). ROOT is CUT3R's data/ folder.")
+    _model_args(p)
+    p.add_argument("--datasets", default=None, help="comma-separated: sintel,bonn,kitti (default: all three)")
+    p.add_argument("--align", default=None, help="comma-separated alignments: scale (default, CUT3R's IRLS), "
+                   "scale&shift (Adam LAD), median, metric")
+    p.add_argument("--per-frame", action="store_true", help="also report each alignment solved per frame")
+    p.add_argument("--window", type=int, default=None, help="frames per forward (default: the whole sequence)")
+    p.add_argument("--max-sequences", type=int, default=None, help="first N sequences of each data set only")
+    p.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence only")
 
     p = sub.add_parser("world", help="export the synthetic world as benchmarks", formatter_class=fmt,
                        description="Write world/ (MoGe layout), world_pairs/ (SuperGlue pairs) and world_scenes/ "
@@ -218,6 +232,22 @@ def _run(args: argparse.Namespace) -> int:
         res = evaluate_relpose(model, args.root, args.benchmark, out, cfg, tag, progress)
         print(relpose_table(res), end="")
         print(f"wrote {out / 'relpose.json'}, {out / 'relpose_pairs.csv'}")
+        return 0
+    if args.eval_task == "videodepth":
+        from fin3r.eval.videodepth import VideoDepthConfig, evaluate_videodepth, videodepth_table
+
+        cfg = _config(VideoDepthConfig, args, dict(
+            datasets=args.datasets.split(",") if args.datasets else None,
+            alignments=args.align.split(",") if args.align else None, per_frame=True if args.per_frame else None,
+            window=args.window, max_sequences=args.max_sequences, max_frames=args.max_frames,
+            input_long_side=args.input_long_side))
+        res = evaluate_videodepth(model, args.root, cfg.datasets, out, cfg, tag, progress, device=args.device)
+        table = videodepth_table(res)
+        from fin3r.io import write_text_atomic
+
+        write_text_atomic(out / "videodepth.md", table)
+        print(table, end="")
+        print(f"wrote {out / 'videodepth.json'}, {out / 'videodepth.md'}")
         return 0
     from fin3r.eval.mvdepth import MultiViewConfig, evaluate_mvdepth
     from fin3r.eval.pointmap import evaluate_pointmap

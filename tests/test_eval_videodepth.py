@@ -1,0 +1,132 @@
+"""fin3r.eval.video_layouts / videodepth: readers on tiny trees in the real formats, per-sequence
+alignment (known answers), the model paths, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fin3r.errors import InputError
+from fin3r.eval.cut3r_depth import Cut3rDepthSettings
+from fin3r.eval.video_layouts import list_video_sequences, read_png_depth, read_sintel_dpt, read_video_gt, write_sintel_dpt
+from fin3r.eval.videodepth import VideoDepthConfig, evaluate_videodepth, score_sequence, sequence_depth
+
+
+def _gt_sequence(seed, T=3, H=12, W=16):
+    g = np.random.default_rng(seed)
+    return (g.random((T, H, W)) * 20 + 1).astype(np.float32)
+
+
+def _write_tree(root, T=3, H=12, W=16):
+    """CUT3R's data/ layouts: Sintel (.dpt), Bonn (uint16 / 5000), KITTI (uint16 / 256, sparse)."""
+    gts = {}
+    for i, seq in enumerate(("alley_2", "cave_4")):
+        d = _gt_sequence(i, T, H, W)
+        gts[("sintel", seq)] = d
+        for t in range(T):
+            for sub, ext in (("final", "png"), ("depth", "dpt")):
+                (root / f"sintel/training/{sub}/{seq}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((H, W, 3), 40 * t, np.uint8)).save(root / f"sintel/training/final/{seq}/frame_{t + 1:04d}.png")
+            write_sintel_dpt(root / f"sintel/training/depth/{seq}/frame_{t + 1:04d}.dpt", d[t])
+    for seq in ("balloon2", "crowd2", "crowd3", "person_tracking2", "synchronous"):
+        base = root / f"bonn/rgbd_bonn_dataset/rgbd_bonn_{seq}"
+        (base / "rgb_110").mkdir(parents=True)
+        (base / "depth_110").mkdir(parents=True)
+        raw = np.round(_gt_sequence(len(seq), T, H, W) / 4 * 5000).astype(np.uint16)
+        raw[:, 0, 0] = 0
+        gts[("bonn", seq)] = raw
+        for t in range(T):
+            Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(base / f"rgb_110/{t:06d}.png")
+            Image.fromarray(raw[t]).save(base / f"depth_110/{t:06d}.png")
+    base = root / "kitti/depth_selection/val_selection_cropped"
+    for seq in ("2011_09_26_drive_0002_sync_02",):
+        (base / f"image_gathered/{seq}").mkdir(parents=True)
+        (base / f"groundtruth_depth_gathered/{seq}").mkdir(parents=True)
+        raw = np.round(_gt_sequence(9, T, H, W) * 256).astype(np.uint16)
+        raw[:, ::2] = 0  # sparse
+        gts[("kitti", seq)] = raw
+        for t in range(T):
+            Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(base / f"image_gathered/{seq}/{t:010d}.png")
+            Image.fromarray(raw[t]).save(base / f"groundtruth_depth_gathered/{seq}/{t:010d}.png")
+    return gts
+
+
+def test_readers_on_the_real_layouts(tmp_path):
+    gts = _write_tree(tmp_path)
+    sintel = list_video_sequences(tmp_path, "sintel")
+    assert [s.name for s in sintel] == ["alley_2", "cave_4"] and len(sintel[0].images) == 3
+    gt = read_video_gt(sintel[1])
+    assert gt.dtype == np.float32 and np.array_equal(gt, gts[("sintel", "cave_4")])
+    bonn = list_video_sequences(tmp_path, "bonn")
+    assert [s.name for s in bonn][:2] == ["balloon2", "crowd2"]
+    b = read_video_gt(bonn[0])
+    raw = gts[("bonn", "balloon2")]
+    assert b.dtype == np.float64 and b[0, 0, 0] == -1.0 and b[0, 1, 1] == raw[0, 1, 1] / 5000.0
+    k = read_video_gt(list_video_sequences(tmp_path, "kitti")[0])
+    assert (k[:, ::2] == -1).all() and k[0, 1, 1] == gts[("kitti", "2011_09_26_drive_0002_sync_02")][0, 1, 1] / 256.0
+    with pytest.raises(InputError, match="alley_2.*sintel14|missing|no frames"):
+        list_video_sequences(tmp_path, "sintel", "sintel14")  # the 14 are not all there
+    (tmp_path / "bad.dpt").write_bytes(b"\0" * 20)
+    with pytest.raises(InputError, match="not a Sintel .dpt"):
+        read_sintel_dpt(tmp_path / "bad.dpt")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "d8.png")
+    with pytest.raises(InputError, match="16-bit"):
+        read_png_depth(tmp_path / "d8.png", 256.0)
+    (tmp_path / "sintel/training/depth/cave_4/frame_0003.dpt").unlink()
+    with pytest.raises(InputError, match="3 images but 2 depth maps"):
+        list_video_sequences(tmp_path, "sintel")
+
+
+def test_per_sequence_alignment_known_answers():
+    gt = torch.from_numpy(_gt_sequence(0, T=4)).double()
+    s = Cut3rDepthSettings()
+    one_scale = gt.float() * 0.37  # off by one known scale for the whole sequence
+    res = score_sequence(one_scale, gt, ["scale", "median", "scale&shift"], s, per_frame=True)
+    for a in ("scale", "median", "scale&shift"):
+        assert res[a]["rel"] < 1e-5 and res[a]["delta1"] == 1.0, a
+    drift = gt.float() * torch.tensor([0.5, 1.0, 2.0, 4.0])[:, None, None]  # a different scale per frame
+    res = score_sequence(drift, gt, ["scale", "median"], s, per_frame=True)
+    for a in ("scale", "median"):
+        assert res[f"{a}_per_frame"]["rel"] < 1e-6  # per-frame alignment forgives the drift...
+        assert res[a]["rel"] > 0.2  # ...per-sequence alignment does not
+    assert res["scale"]["valid_pixels"] == gt.numel()
+
+
+def test_evaluate_videodepth_oracle_and_cli(tmp_path, capsys):
+    _write_tree(tmp_path)
+
+    def oracle(images):  # the GT of the (first) sequence, off by one scale
+        return oracle.gt * 3.7
+
+    for name in ("sintel", "bonn", "kitti"):
+        oracle.gt = torch.from_numpy(read_video_gt(list_video_sequences(tmp_path, name)[0])).float().clamp_min(0)
+        cfg = VideoDepthConfig(datasets=[name], alignments=["scale", "scale&shift"], per_frame=True, max_sequences=1)
+        res = evaluate_videodepth(oracle, tmp_path, config=cfg, progress=False, out_dir=tmp_path / "out")
+        assert res["benchmarks"][name]["scale"]["rel"] < 1e-5
+        assert res["benchmarks"][name]["scale&shift"]["rel"] < 1e-3  # Adam's LAD: approximate
+        assert res["depth_source"] == "callable" and "weighted by valid pixels" in res["aggregation"]["sequences"]
+    saved = json.loads((tmp_path / "out/videodepth.json").read_text())
+    assert saved["task"] == "videodepth" and saved["records"]["kitti"][0]["frames"] == 3
+
+    from fin3r.cli import main
+
+    assert main(["eval", "videodepth", "--model", "vggt_tiny", "--root", str(tmp_path), "--datasets", "bonn",
+                 "--max-sequences", "1", "--input-long-side", "28", "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "| vggt_tiny | bonn | scale |" in out and "multi-view" in out
+    assert main(["eval", "videodepth", "--model", "vggt_tiny", "--root", str(tmp_path), "--datasets", "nope"]) == 2
+
+
+def test_sequence_depth_paths():
+    from fin3r.models.registry import load_model
+
+    imgs = torch.rand(3, 3, 24, 32)
+    torch.manual_seed(0)
+    dust3r = load_model("dust3r_tiny")
+    d, src = sequence_depth(dust3r, imgs, long_side=64)
+    assert src == "mono per frame" and d.shape[0] == 3
+    cut3r = load_model("cut3r_tiny")
+    d, src = sequence_depth(cut3r, imgs, window=2, long_side=64)
+    assert src == "multi-view" and d.shape[0] == 3 and torch.isfinite(d).all()
