@@ -9,7 +9,8 @@ from PIL import Image
 
 from fin3r.errors import InputError
 from fin3r.eval.mvdepth import MultiViewConfig, evaluate_mvdepth
-from fin3r.eval.pointmap import align_pointmaps_median, evaluate_pointmap, grid_normals, icp_point_to_point
+from fin3r.eval.pointmap import align_pointmaps_median, evaluate_pointmap, grid_normals
+from fin3r.eval.registration import icp_point_to_point
 from fin3r.eval.scenes import list_scenes, load_frame, read_scene, write_7scenes_frame
 
 
@@ -78,7 +79,7 @@ def test_alignment_icp_and_normals_known_answers():
     pts = torch.rand(400, 3, generator=g)
     c, s = math.cos(0.05), math.sin(0.05)
     R = torch.tensor([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-    T = icp_point_to_point(pts, pts @ R.T + torch.tensor([0.01, 0.0, 0.02]), threshold=0.1)
+    T = icp_point_to_point(pts, pts @ R.T + torch.tensor([0.01, 0.0, 0.02]), threshold=0.1).float()
     assert torch.allclose(T[:3, :3], R, atol=1e-3) and torch.allclose(T[:3, 3], torch.tensor([0.01, 0, 0.02]), atol=1e-3)
 
     yy, xx = torch.meshgrid(torch.arange(5.0), torch.arange(6.0), indexing="ij")

@@ -99,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--kf-every", type=int, default=None, help="keep every k-th frame")
         p.add_argument("--num-views", type=int, default=None, help="views per forward (default 2 for DUSt3R/MASt3R)")
         p.add_argument("--max-scenes", type=int, default=None, help="first N scenes only")
+        if task == "pointmap":
+            p.add_argument("--protocol", default="cut3r", choices=("cut3r", "pi3"),
+                           help="cut3r (default): CUT3R's mv_recon on the 7scenes/nrgbd/scannet layouts; pi3: pi3's "
+                                "mv_recon (--benchmark 7scenes|nrgbd|dtu|eth3d under ROOT, Umeyama + ICP, normals "
+                                "estimated from the clouds)")
+            p.add_argument("--seq-id-map", default=None, help="with --protocol pi3: JSON {sequence: [frame ids]}")
 
     p = sub.add_parser("videodepth", help="video depth on Sintel / Bonn / KITTI (CUT3R's protocol)", formatter_class=fmt,
                        description="Video depth: each sequence through the model's multi-view path, one alignment "
@@ -248,6 +254,19 @@ def _run(args: argparse.Namespace) -> int:
         write_text_atomic(out / "videodepth.md", table)
         print(table, end="")
         print(f"wrote {out / 'videodepth.json'}, {out / 'videodepth.md'}")
+        return 0
+    if args.eval_task == "pointmap" and args.protocol == "pi3":
+        from fin3r.eval.pi3_recon import Pi3ReconConfig, evaluate_pi3_pointmap
+        from fin3r.eval.report import summary_table
+        from fin3r.io import write_text_atomic
+
+        cfg = _config(Pi3ReconConfig, args, dict(kf_every=args.kf_every, seq_id_map=args.seq_id_map,
+                                                 max_sequences=args.max_scenes, input_long_side=args.input_long_side))
+        res = evaluate_pi3_pointmap(model, args.root, args.benchmark, out, cfg, tag, progress)
+        table = summary_table(res) + f"\nProtocol: pi3 mv_recon (Umeyama Sim(3) + ICP); {res['aggregation']}.\n"
+        write_text_atomic(out / "pointmap.md", table)
+        print(table, end="")
+        print(f"wrote {out / 'pointmap.json'}")
         return 0
     from fin3r.eval.mvdepth import MultiViewConfig, evaluate_mvdepth
     from fin3r.eval.pointmap import evaluate_pointmap

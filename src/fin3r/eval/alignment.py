@@ -383,7 +383,8 @@ def adam_l1_scale_shift(
 def umeyama_sim3(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Least-squares similarity ``dst ~ s R src + t`` (Umeyama 1991) of ``(N, 3)`` point sets.
 
-    Returns ``(s (), R (3, 3), t (3,))``."""
+    Returns ``(s (), R (3, 3), t (3,))`` in ``src``'s dtype (solved in float64)."""
+    dtype = src.dtype
     src, dst = src.double(), dst.double()
     mu_s, mu_d = src.mean(0), dst.mean(0)
     xs, xd = src - mu_s, dst - mu_d
@@ -396,4 +397,4 @@ def umeyama_sim3(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     var_s = (xs**2).sum() / src.shape[0]
     s = (S * D.diagonal()).sum() / var_s.clamp_min(1e-12)
     t = mu_d - s * R @ mu_s
-    return s.float(), R.float(), t.float()
+    return s.to(dtype), R.to(dtype), t.to(dtype)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -211,15 +212,16 @@ def accuracy_completeness(
     ``acc`` = distance of each predicted point to the nearest GT point (mean and ``acc_med``),
     ``comp`` = the same from GT to prediction; with normals ``(N, 3)`` / ``(M, 3)`` (unit):
     ``nc1 = mean |n_gt[nn(pred)] . n_pred|``, ``nc2 = mean |n_gt . n_pred[nn(gt)]|``,
-    ``nc = (nc1 + nc2) / 2`` and ``nc_med`` likewise with medians. Units are those of the points.
+    ``nc = (nc1 + nc2) / 2`` and ``nc_med`` likewise with medians (``nc1_med``, ``nc2_med``). Medians
+    are NumPy's (mean of the two middle values). Units are those of the points.
     """
     d_pg, i_pg = nearest_neighbors(pred, gt)
     d_gp, i_gp = nearest_neighbors(gt, pred)
     out = {
         "acc": d_pg.mean().item(),
-        "acc_med": d_pg.median().item(),
+        "acc_med": _median(d_pg),
         "comp": d_gp.mean().item(),
-        "comp_med": d_gp.median().item(),
+        "comp_med": _median(d_gp),
     }
     if pred_normals is not None and gt_normals is not None:
         nc1 = (gt_normals[i_pg] * pred_normals).sum(-1).abs()
@@ -227,10 +229,18 @@ def accuracy_completeness(
         out.update(
             nc1=nc1.mean().item(),
             nc2=nc2.mean().item(),
+            nc1_med=_median(nc1),
+            nc2_med=_median(nc2),
             nc=(nc1.mean().item() + nc2.mean().item()) / 2,
-            nc_med=(nc1.median().item() + nc2.median().item()) / 2,
+            nc_med=(_median(nc1) + _median(nc2)) / 2,
         )
     return out
+
+
+def _median(x: Tensor) -> float:
+    """``np.median``: the mean of the two middle values for an even count (CUT3R's and pi3's
+    reconstruction metrics use NumPy; ``torch.median`` would return the lower one)."""
+    return float(np.median(x.detach().double().cpu().numpy()))
 
 
 # --- aggregation -------------------------------------------------------------------------------

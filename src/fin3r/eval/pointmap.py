@@ -28,14 +28,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fin3r.eval.alignment import umeyama_sim3
-from fin3r.eval.metrics import accuracy_completeness, key_average, nearest_neighbors
+from fin3r.eval.metrics import accuracy_completeness, key_average
 from fin3r.eval.model_io import default_num_views, predict_views_resized
 from fin3r.eval.mvdepth import MultiViewConfig, benchmark_settings, keyframes
+from fin3r.eval.registration import icp_point_to_point
 from fin3r.eval.report import save_result
 from fin3r.eval.scenes import list_scenes, load_frame, read_scene
 from fin3r.geometry import depth_to_points, invert_rigid, scale_intrinsics, transform_points
 
-__all__ = ["evaluate_pointmap", "align_pointmaps_median", "icp_point_to_point", "grid_normals"]
+__all__ = ["evaluate_pointmap", "align_pointmaps_median", "grid_normals"]
 
 
 def grid_normals(pts: Tensor) -> Tensor:
@@ -61,33 +62,6 @@ def align_pointmaps_median(pred: Tensor, gt: Tensor, valid: Tensor) -> Tensor:
     s_gt = (gt - shift_gt)[valid].norm(dim=-1).median().clamp(1e-3, 1e3)
     s_pr = (pred - shift_pr)[valid].norm(dim=-1).median().clamp(1e-3, 1e3)
     return (pred - shift_pr) * (s_gt / s_pr) + shift_gt
-
-
-def icp_point_to_point(src: Tensor, dst: Tensor, threshold: float, iters: int = 30) -> Tensor:
-    """Rigid ``T (4, 4)`` moving ``src (N, 3)`` onto ``dst (M, 3)`` by point-to-point ICP with a
-    correspondence distance ``threshold`` (Open3D's defaults: 30 iterations, identity start)."""
-    T = torch.eye(4, dtype=torch.float64)
-    cur = src.double()
-    dst = dst.double()
-    for _ in range(iters):
-        d, idx = nearest_neighbors(cur, dst)
-        keep = d < threshold
-        if int(keep.sum()) < 3:
-            break
-        a, b = cur[keep], dst[idx[keep]]
-        mu_a, mu_b = a.mean(0), b.mean(0)
-        U, _, Vh = torch.linalg.svd((b - mu_b).T @ (a - mu_a))
-        D = torch.eye(3, dtype=torch.float64)
-        D[2, 2] = torch.sign(torch.det(U @ Vh))
-        R = U @ D @ Vh
-        t = mu_b - R @ mu_a
-        step = torch.eye(4, dtype=torch.float64)
-        step[:3, :3], step[:3, 3] = R, t
-        cur = cur @ R.T + t
-        T = step @ T
-        if float((R - torch.eye(3, dtype=torch.float64)).abs().max()) < 1e-9 and float(t.abs().max()) < 1e-9:
-            break
-    return T.float()
 
 
 def _centre_crop(x: Tensor, crop: int) -> Tensor:
@@ -123,7 +97,7 @@ def _reconstruction(model, frames: list[dict], config: MultiViewConfig, long_sid
     gt_p, pr_p = _centre_crop(gt_w, config.crop)[v], _centre_crop(pr_w, config.crop)[v]
     n_gt, n_pr = _centre_crop(n_gt, config.crop)[v], _centre_crop(n_pr, config.crop)[v]
     if config.icp_threshold > 0:
-        T = icp_point_to_point(pr_p, gt_p, config.icp_threshold)
+        T = icp_point_to_point(pr_p, gt_p, config.icp_threshold).float()
         pr_p = pr_p @ T[:3, :3].T + T[:3, 3]
         n_pr = n_pr @ T[:3, :3].T
     return accuracy_completeness(pr_p, gt_p, n_pr, n_gt)
