@@ -1,6 +1,6 @@
 """Alignments between a prediction and the ground truth, as the evaluation protocols define them.
 
-MoGe's monocular-geometry protocol (``research/evaluation.md`` section 1.6) solves its robust
+MoGe's monocular-geometry protocol (``docs/evaluation.md``) solves its robust
 fits on a low-resolution *sample* of the valid pixels (:func:`alignment_sample_index`) and scores
 the aligned prediction on every valid pixel. Its solvers are exact L1 optima:
 

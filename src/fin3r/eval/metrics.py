@@ -2,7 +2,7 @@
 
 Pure functions on tensors. Depth and point metrics take the values at the valid pixels already
 selected (``pred[mask]``), or a ``mask``; they return Python floats as fractions (papers print
-``x 100``). Conventions follow ``research/evaluation.md``:
+``x 100``). Conventions (``docs/evaluation.md``):
 
 - ``abs_rel`` = ``mean |p - g| / (g + eps)`` with MoGe's ``eps = 1e-6`` (CUT3R uses none: pass 0).
 - ``delta(p, g, thr)`` = ``mean[max(g / p, p / g) < thr]`` exactly as MoGe: there is no positivity

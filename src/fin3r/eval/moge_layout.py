@@ -1,6 +1,6 @@
 """MoGe's monocular-geometry evaluation layout: files, reader, and the evaluation view.
 
-Layout (``research/evaluation.md`` 1.2), one folder per benchmark::
+Layout (``docs/evaluation.md``), one folder per benchmark::
 
     <Benchmark>/.index.txt              one instance folder (relative path) per line
     <Benchmark>/<instance>/image.jpg    RGB, 8 bit

@@ -2,7 +2,7 @@
 
 :func:`score_mono` takes a prediction dict with MoGe's keys and a :class:`MonoGT` and returns
 ``{variant: {"rel", "delta1", ...}}``. Which variants are computed follows MoGe's fallback chain
-(``research/evaluation.md`` 1.4 / 1.6):
+(``docs/evaluation.md``):
 
 ================================  =======================================  ==========================
 variant                           prediction used (first present)          alignment

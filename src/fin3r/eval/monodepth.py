@@ -88,7 +88,7 @@ AGGREGATION = {
     "benchmarks": "unweighted mean over benchmarks, each metric over the benchmarks that have it (MoGe)",
 }
 
-#: the seven metric benchmarks of the paper's Table 1 (research/evaluation.md section 0)
+#: the seven metric benchmarks of the paper's Table 1 (docs/evaluation.md)
 PAPER_BENCHMARKS = ("NYUv2", "KITTI", "ETH3D", "iBims-1", "DDAD", "DIODE", "HAMMER")
 
 

@@ -1,6 +1,6 @@
 """Two-view relative pose on ScanNet-1500-style pair lists (the paper's Table 2).
 
-Pair lists (``research/evaluation.md`` 2.1), read by :func:`load_pairs`:
+Pair lists (``docs/evaluation.md``), read by :func:`load_pairs`:
 
 - ``superglue``: a text file, one pair a line ``name0 name1 rot0 rot1 K0(9) K1(9) T_0to1(16)``
   (``scannet_test_pairs_with_gt.txt``); images at ``root/name``; K for the stored image size.

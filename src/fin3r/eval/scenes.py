@@ -1,6 +1,6 @@
 """Readers (and a writer) for the multi-view RGB-D scene layouts of the reconstruction benchmarks.
 
-``layout=`` (``research/evaluation.md`` 3.4):
+``layout=`` (``docs/evaluation.md``):
 
 - ``7scenes``: ``<scene>/seq-XX/frame-XXXXXX.color.png``, ``frame-XXXXXX.depth.proj.png`` (or
   ``.depth.png``; uint16 millimetres, 65535 and 0 invalid), ``frame-XXXXXX.pose.txt`` (4x4
