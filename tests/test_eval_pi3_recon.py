@@ -143,3 +143,85 @@ def test_cli_pointmap_pi3(tmp_path, capsys):
     assert "| 7scenes | acc ↓ |" in out and "Umeyama" in out
     assert main(["eval", "pointmap", "--protocol", "pi3", "--model", "vggt_tiny", "--root", str(tmp_path),
                  "--benchmark", "nope"]) == 2
+
+
+# --- readers against pi3's own dataset classes (golden) -------------------------------------
+
+READER_FIXTURE = Path(__file__).parent / "fixtures" / "eval_pi3_readers.safetensors"
+SUB = (slice(None), slice(None, None, 29), slice(None, None, 31))  # the stored subsample of each map
+
+
+def write_pi3_trees(root: Path) -> dict:
+    """Two frames of each of pi3's layouts with random content; returns {dataset: (sequence, ids)}."""
+    rng = np.random.default_rng(7)
+
+    def rigid(i):
+        a = 0.2 * i + 0.1
+        T = np.eye(4)
+        T[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+        T[:3, 3] = [0.3 * i, -0.1, 0.2]
+        return T
+
+    seq = root / "7scenes/chess/seq-03"
+    seq.mkdir(parents=True)
+    (root / "7scenes/chess/TestSplit.txt").write_text("sequence3\n")
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(seq / f"frame-{i:06d}.color.png")
+        mm = rng.integers(500, 12000, (480, 640)).astype(np.uint16)
+        mm[rng.random((480, 640)) < 0.05] = 65535
+        Image.fromarray(mm).save(seq / f"frame-{i:06d}.depth.proj.png")
+        np.savetxt(seq / f"frame-{i:06d}.pose.txt", rigid(i))
+    scene = root / "nrgbd/kitchen"
+    (scene / "images").mkdir(parents=True)
+    (scene / "depth").mkdir()
+    poses = []
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(scene / f"images/img{i}.png")
+        Image.fromarray(rng.integers(0, 12000, (480, 640)).astype(np.uint16)).save(scene / f"depth/depth{i}.png")
+        poses.append(rigid(i + 2))
+    (scene / "poses.txt").write_text("\n".join(" ".join(f"{v:.9f}" for v in row) for T in poses for row in T) + "\n")
+    scan = root / "dtu/scan1"
+    for sub in ("images", "depths", "binary_masks", "cams"):
+        (scan / sub).mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(scan / f"images/{i:08d}.jpg")
+        d = (rng.random((48, 60)) * 200 + 500).astype(np.float32)
+        d[rng.random((48, 60)) < 0.05] = np.nan
+        np.save(scan / f"depths/{i:08d}.npy", d)
+        m = np.zeros((64, 80), np.uint8)
+        m[8:60, 10:75] = 255
+        m[30, 30:40] = 128
+        Image.fromarray(m).save(scan / f"binary_masks/{i:08d}.png")
+        K = np.array([[70.0, 0, 30], [0, 70, 24], [0, 0, 1]])
+        w2c = rigid(i + 4)
+        text = ("extrinsic\n" + "\n".join(" ".join(map(str, r)) for r in w2c) + "\n\nintrinsic\n"
+                + "\n".join(" ".join(map(str, r)) for r in K) + "\n\n425 2.5\n")
+        (scan / f"cams/{i:08d}_cam.txt").write_text(text)
+    scene = root / "eth3d/courtyard"
+    for sub in ("images/custom_undistorted", "ground_truth_depth/custom_undistorted", "custom_undistorted_cam"):
+        (scene / sub).mkdir(parents=True)
+    for i in range(2):
+        name = f"DSC_{i:04d}"
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+            scene / f"images/custom_undistorted/{name}.JPG", format="JPEG")
+        d = (rng.random((40, 56)) * 10 + 1).astype(np.float32)
+        d[rng.random((40, 56)) < 0.1] = np.inf
+        d.tofile(scene / f"ground_truth_depth/custom_undistorted/{name}.JPG")
+        np.savez(scene / f"custom_undistorted_cam/{name}.npz", intrinsics=np.array([[50.0, 0, 28], [0, 50, 20], [0, 0, 1]]),
+                 extrinsics=rigid(i + 6))
+    return {"7scenes": ("chess/seq-03", [0, 1]), "nrgbd": ("kitchen", [0, 1]), "dtu": ("scan1", [0, 1]),
+            "eth3d": ("courtyard", [0, 1])}
+
+
+def test_readers_match_official_pi3_datasets(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    want = load_file(str(READER_FIXTURE))
+    for name, (seq, ids) in write_pi3_trees(tmp_path).items():
+        d = read_pi3_frames(tmp_path, name, seq, ids)
+        assert torch.equal(d["valid"][SUB], want[f"{name}.valid"].bool()), name
+        assert int(d["valid"].sum()) == int(want[f"{name}.valid_count"]), name
+        v = want[f"{name}.valid"].bool()
+        assert torch.allclose(d["points"][SUB][v], want[f"{name}.points"][v], rtol=1e-5, atol=1e-5), name
+        assert torch.allclose(d["images"][:, :, ::29, ::31], want[f"{name}.images"], atol=1e-6), name
