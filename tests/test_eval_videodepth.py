@@ -125,7 +125,7 @@ def test_evaluate_videodepth_oracle_and_cli(tmp_path, capsys):
 
 
 def test_sequence_depth_paths():
-    from fin3r.models.registry import load_model
+    from fin3r.models import load_model
 
     imgs = torch.rand(3, 3, 24, 32)
     torch.manual_seed(0)

@@ -49,7 +49,7 @@ from fin3r.eval.cut3r_depth import (
     resize_cubic,
 )
 from fin3r.eval.metrics import key_average
-from fin3r.eval.model_io import model_input_size, predict_views_resized, resize_image
+from fin3r.eval.model_io import default_num_views, model_input_size, predict_views_resized, resize_image
 from fin3r.eval.report import save_result
 from fin3r.eval.video_layouts import VIDEO_DATASETS, list_video_sequences, read_video_gt, read_video_images
 
@@ -103,7 +103,7 @@ def sequence_depth(model, images: Tensor, window: int | None = None, long_side: 
             raise TypeError("model must be a Reconstructor or a callable images -> depth")
         return model(images).float().cpu(), "callable"
     family = getattr(model, "family", "")
-    if family in ("dust3r", "mast3r"):
+    if default_num_views(model) == 2:  # pairwise (DUSt3R, MASt3R): no per-view depth for a sequence
         patch = int(getattr(model, "patch_size", 16))
         size = model_input_size(*images.shape[-2:], family, patch, long_side)
         dev = next(model.parameters()).device
