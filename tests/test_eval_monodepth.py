@@ -200,3 +200,17 @@ def test_paper_table_rows_differences_and_task_mismatch():
     assert r"ctrl & 30.00 (-1.61) & 50.00 (-3.77) & 70.00 (+0.00) \\" in tex
     with pytest.raises(ValueError, match="different tasks"):
         paper_table([rows[0], {"task": "monodepth", "benchmarks": {}}])
+
+
+def test_fov_from_a_model_that_predicts_intrinsics(tmp_path):
+    from fin3r.models import load_model
+
+    _bench(tmp_path, n=1, H=28, W=42)
+    torch.manual_seed(0)
+    vggt = load_model("vggt_tiny")
+    cfg = MonodepthConfig(fov=True, variants=["depth_scale_invariant", "fov_x"], input_long_side=28)
+    res = evaluate_monodepth(vggt, tmp_path, ["toy"], config=cfg, progress=False)
+    fov = res["benchmarks"]["toy"]["fov_x"]
+    assert fov["mae"] == pytest.approx(abs(fov["deviation"])) and np.isfinite(fov["mae"])
+    res = evaluate_monodepth(vggt, tmp_path, ["toy"], config=MonodepthConfig(input_long_side=28), progress=False)
+    assert "fov_x" not in res["benchmarks"]["toy"]  # opt-in (a second forward)

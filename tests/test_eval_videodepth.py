@@ -135,3 +135,32 @@ def test_sequence_depth_paths():
     cut3r = load_model("cut3r_tiny")
     d, src = sequence_depth(cut3r, imgs, window=2, long_side=64)
     assert src == "multi-view" and d.shape[0] == 3 and torch.isfinite(d).all()
+
+
+def test_cut3r_monocular_protocol_on_nyu_and_video_layouts(tmp_path, capsys):
+    from fin3r.cli import main
+
+    _write_tree(tmp_path)
+    nyu = tmp_path / "nyu-v2/val"
+    (nyu / "nyu_images").mkdir(parents=True)
+    (nyu / "nyu_depths").mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(nyu / f"nyu_images/{i:05d}.png")
+        np.save(nyu / f"nyu_depths/{i:05d}.npy", _gt_sequence(i, T=1)[0])
+    with pytest.raises(InputError, match="single images"):
+        evaluate_videodepth(lambda x: x[:, 0], tmp_path, ["nyu"], progress=False)
+
+    def oracle(images):  # each frame off by its own scale: CUT3R's per-frame median removes it
+        return oracle.gt * torch.tensor([2.0, 5.0])[:, None, None]
+
+    from fin3r.eval.video_layouts import read_video_gt
+
+    oracle.gt = torch.from_numpy(read_video_gt(list_video_sequences(tmp_path, "nyu")[0]))
+    res = evaluate_videodepth(oracle, tmp_path, ["nyu"], config=VideoDepthConfig(mono=True, alignments=["median"]),
+                              progress=False)
+    assert res["alignments"] == ["median_per_frame"] and res["benchmarks"]["nyu"]["median_per_frame"]["rel"] < 1e-6
+    assert "frames" in res["aggregation"]
+    assert main(["eval", "videodepth", "--mono", "--model", "dust3r_tiny", "--root", str(tmp_path), "--max-sequences",
+                 "1", "--input-long-side", "32", "--quiet", "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "| dust3r_tiny | nyu | median_per_frame |" in out and "monocular protocol" in out

@@ -16,8 +16,10 @@ DESCRIPTION = """Evaluate a model, with or without a Fin3R adapter, following ea
               pnp | essential | cameras
   mvdepth     multi-view depth on 7-Scenes / NRGBD / ScanNet layouts: median scaling, AbsRel, inliers<1.03
   pointmap    multi-view point maps: accuracy, completeness, normal consistency after alignment
+              (CUT3R's mv_recon, or --protocol pi3: 7-Scenes / NRGBD / DTU / ETH3D, Umeyama + ICP)
   videodepth  video depth on Sintel / Bonn / KITTI in CUT3R's layouts: one scale (or scale + shift) per
-              sequence, CUT3R's metrics, sequences weighted by valid pixels
+              sequence, CUT3R's metrics, sequences weighted by valid pixels; --mono: CUT3R's
+              monocular protocol (per frame, median scaling; NYU-v2 too)
   world       export the synthetic world as benchmarks in the same layouts (for runs without data)
 
 Each writes OUT/<task>.json (every figure, per image/pair/view records included), CSV per image,
@@ -32,6 +34,8 @@ examples:
       --adapter runs/dust3r/adapter.safetensors --root data/eval --out eval/dust3r_fin3r
   fin3r eval relpose --model mast3r_tiny --root data/world_eval --benchmark world_pairs --solver essential
   fin3r eval pointmap --model vggt_tiny --root data/world_eval --benchmark world_scenes
+  fin3r eval pointmap --protocol pi3 --model vggt_1b --checkpoint model.pt --root data --benchmark dtu
+  fin3r eval videodepth --model cut3r_512_dpt_4_64 --checkpoint cut3r_512_dpt_4_64.pth --root data --device cuda
   fin3r eval --compare eval/dust3r/monodepth.json eval/dust3r_fin3r/monodepth.json"""
 
 TASKS = ("monodepth", "relpose", "mvdepth", "pointmap", "videodepth", "world")
@@ -77,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default=None, help="comma-separated alignment variants (default: all depth variants)")
     p.add_argument("--points", action="store_true", help="also score point maps (slower)")
     p.add_argument("--full-metrics", action="store_true", help="also delta2/3, delta103, sq_rel, rmse, log_rmse")
+    p.add_argument("--fov", action="store_true", help="also MoGe's fov_x from the intrinsics the model predicts "
+                   "(VGGT, CUT3R; a second forward)")
     p.add_argument("--max-images", type=int, default=None, help="first N instances of each benchmark only")
     p.add_argument("--no-resume", action="store_true", help="re-evaluate benchmarks already in OUT")
 
@@ -110,10 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Video depth: each sequence through the model's multi-view path, one alignment "
                                    "per sequence (CUT3R / MonST3R / pi3 tables). ROOT is CUT3R's data/ folder.")
     _model_args(p)
-    p.add_argument("--datasets", default=None, help="comma-separated: sintel,bonn,kitti (default: all three)")
+    p.add_argument("--datasets", default=None, help="comma-separated: sintel,bonn,kitti (default: all three; "
+                   "with --mono also nyu)")
     p.add_argument("--align", default=None, help="comma-separated alignments: scale (default, CUT3R's IRLS), "
                    "scale&shift (Adam LAD), median, metric")
     p.add_argument("--per-frame", action="store_true", help="also report each alignment solved per frame")
+    p.add_argument("--mono", action="store_true", help="CUT3R's monocular protocol instead: each frame alone through "
+                   "the monocular path, aligned per frame (default --align median; data sets also nyu)")
     p.add_argument("--window", type=int, default=None, help="frames per forward (default: the whole sequence)")
     p.add_argument("--max-sequences", type=int, default=None, help="first N sequences of each data set only")
     p.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence only")
@@ -224,6 +233,7 @@ def _run(args: argparse.Namespace) -> int:
         extra = dict(benchmarks=benches, input_long_side=args.input_long_side,
                      variants=args.variants.split(",") if args.variants else None,
                      points=True if args.points else None, full_metrics=True if args.full_metrics else None,
+                     fov=True if args.fov else None,
                      max_images=args.max_images)
         cfg = _config(MonodepthConfig, args, extra)
         res = evaluate_monodepth(model, args.root, cfg.benchmarks, out, cfg, tag, progress, resume=not args.no_resume)
@@ -243,8 +253,9 @@ def _run(args: argparse.Namespace) -> int:
         from fin3r.eval.videodepth import VideoDepthConfig, evaluate_videodepth, videodepth_table
 
         cfg = _config(VideoDepthConfig, args, dict(
-            datasets=args.datasets.split(",") if args.datasets else None,
-            alignments=args.align.split(",") if args.align else None, per_frame=True if args.per_frame else None,
+            datasets=args.datasets.split(",") if args.datasets else (["sintel", "bonn", "kitti", "nyu"] if args.mono else None),
+            alignments=args.align.split(",") if args.align else (["median"] if args.mono else None),
+            per_frame=True if args.per_frame else None, mono=True if args.mono else None,
             window=args.window, max_sequences=args.max_sequences, max_frames=args.max_frames,
             input_long_side=args.input_long_side))
         res = evaluate_videodepth(model, args.root, cfg.datasets, out, cfg, tag, progress, device=args.device)
@@ -263,7 +274,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _config(Pi3ReconConfig, args, dict(kf_every=args.kf_every, seq_id_map=args.seq_id_map,
                                                  max_sequences=args.max_scenes, input_long_side=args.input_long_side))
         res = evaluate_pi3_pointmap(model, args.root, args.benchmark, out, cfg, tag, progress)
-        table = summary_table(res) + f"\nProtocol: pi3 mv_recon (Umeyama Sim(3) + ICP); {res['aggregation']}.\n"
+        table = summary_table(res) + "\nProtocol: pi3 mv_recon (Umeyama Sim(3) + ICP).\n"
         write_text_atomic(out / "pointmap.md", table)
         print(table, end="")
         print(f"wrote {out / 'pointmap.json'}")

@@ -67,6 +67,7 @@ def mono_predictor(
     metric: bool | None = None,
     points: bool = False,
     device: torch.device | str | None = None,
+    intrinsics: bool = False,
 ) -> MonoPredictor:
     """Wrap a Reconstructor into ``predict(image (3, H, W)) -> {MoGe key: map (H, W[, 3])}``.
 
@@ -74,7 +75,9 @@ def mono_predictor(
     ``depth_scale_invariant`` -- and as ``depth_metric`` too when ``metric`` (default: MASt3R,
     whose metric head predicts metres). ``points=True`` adds ``points_scale_invariant``.
     ``depth_model_res`` is the depth at the model's output size (CUT3R's protocol upsamples it
-    bicubically itself).
+    bicubically itself). ``intrinsics=True`` adds the normalized ``intrinsics (3, 3)`` the model's
+    multi-view path predicts for the single view (VGGT: its camera head; CUT3R: estimated from its
+    self-view points; none for the pairwise families), at the cost of a second forward.
     """
     family = getattr(model, "family", "")
     patch = int(getattr(model, "patch_size", 16))
@@ -94,6 +97,13 @@ def mono_predictor(
             out["depth_metric"] = depth
         if points:
             out["points_scale_invariant"] = resize_map(pred.pts3d.float(), (H, W))[0].cpu()
+        if intrinsics and (spec is None or spec.views_per_forward != 2):
+            K = model.predict_views(x[:, None]).intrinsics
+            if K is not None:  # pixels at the input size -> normalized (image = [0, 1]^2)
+                K = K[0, 0].float().cpu().clone()
+                K[0] /= size[1]
+                K[1] /= size[0]
+                out["intrinsics"] = K
         return out
 
     return predict

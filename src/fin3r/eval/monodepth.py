@@ -114,6 +114,8 @@ class MonodepthConfig:
             it is invalid there; CUT3R: 70 for Sintel and Bonn, none for KITTI and NYU).
         median_post_clip_max: CUT3R's clipping of the aligned ``depth_median`` prediction
             (CUT3R: 70 for Sintel).
+        fov: also ask the model for its intrinsics (a second, multi-view forward) and report
+            MoGe's ``fov_x`` (models that predict intrinsics: VGGT, CUT3R).
     """
 
     benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
@@ -127,6 +129,7 @@ class MonodepthConfig:
     table_variant: str = "depth_scale_invariant"
     median_max_depth: float | None = None
     median_post_clip_max: float | None = None
+    fov: bool = False
 
 
 def resolve_benchmark(root: str | Path, name: str, config: MonodepthConfig | None = None) -> tuple[Path, BenchmarkSpec]:
@@ -153,7 +156,7 @@ def resolve_benchmark(root: str | Path, name: str, config: MonodepthConfig | Non
 def _predictor(model, config: MonodepthConfig, spec: BenchmarkSpec) -> MonoPredictor:
     if hasattr(model, "predict_mono"):
         long_side = config.input_long_side or spec.input_long_side
-        return mono_predictor(model, long_side, config.metric, config.points)
+        return mono_predictor(model, long_side, config.metric, config.points, intrinsics=config.fov)
     if callable(model):
         return model
     raise TypeError("model must be a Reconstructor or a callable image -> dict of maps")
@@ -163,7 +166,7 @@ def _signature(name: str, spec: BenchmarkSpec, config: MonodepthConfig, model_ta
     payload = dict(benchmark=name, spec=asdict(spec), variants=sorted(config.variants), points=config.points,
                    full=config.full_metrics, long_side=config.input_long_side, metric=config.metric,
                    max_images=config.max_images, model=model_tag, median_max_depth=config.median_max_depth,
-                   median_post_clip_max=config.median_post_clip_max)
+                   median_post_clip_max=config.median_post_clip_max, fov=config.fov)
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

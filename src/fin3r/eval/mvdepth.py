@@ -125,7 +125,8 @@ def evaluate_mvdepth(
                             "inliers103": (ratio < 1.03).float().mean().item()})
     summary = key_average([{k: r[k] for k in ("absrel", "inliers103")} for r in records])
     summary.update(num_views_scored=len(records), num_excluded=len(excluded), forward_time_s=t_fwd)
-    result = {"task": "mvdepth", "model": model_tag, "config": asdict(config), "benchmarks": {benchmark: summary},
+    result = {"task": "mvdepth", "model": model_tag, "config": asdict(config),
+              "aggregation": "mean over keyframes (RMVD: mean over samples)", "benchmarks": {benchmark: summary},
               "mean": {k: summary.get(k) for k in ("absrel", "inliers103")}, "records": {benchmark: records},
               "excluded": {benchmark: excluded}}
     if out_dir is not None:

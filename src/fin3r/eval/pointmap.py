@@ -146,7 +146,8 @@ def evaluate_pointmap(
     keys = ("acc", "acc_med", "comp", "comp_med", "nc", "nc_med")
     summary = key_average([{k: r[k] for k in keys if k in r} for r in records])
     summary.update(num_reconstructions=len(records), num_excluded=len(excluded), forward_time_s=t_fwd)
-    result = {"task": "pointmap", "model": model_tag, "config": asdict(config), "benchmarks": {benchmark: summary},
+    result = {"task": "pointmap", "model": model_tag, "config": asdict(config),
+              "aggregation": "mean over reconstructions (CUT3R: mean over scenes)", "benchmarks": {benchmark: summary},
               "mean": {k: summary.get(k) for k in keys}, "records": {benchmark: records},
               "excluded": {benchmark: excluded}}
     if out_dir is not None:

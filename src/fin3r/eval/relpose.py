@@ -380,7 +380,7 @@ def evaluate_relpose(
     sign = ("min(e, 180 - e) (essential matrix: the sign of t is unobservable)" if symmetric
             else "signed (no min(e, 180 - e)): the solver recovers the direction of t")
     result = {"task": "relpose", "model": model_tag, "solver": config.solver, "translation_sign": sign,
-              "settings": settings, "benchmarks": {benchmark: s}, "mean": {k: v for k, v in s.items() if k.startswith("auc")},
+              "settings": settings, "aggregation": "AUC of the cumulative error curve over all pairs (SuperGlue)", "benchmarks": {benchmark: s}, "mean": {k: v for k, v in s.items() if k.startswith("auc")},
               "records": {benchmark: records}}
     if out is not None:
         save_result(out / "relpose.json", result)
@@ -400,5 +400,6 @@ def relpose_table(result: dict) -> str:
     for name, s in result["benchmarks"].items():
         aucs = " | ".join(f"{100 * s.get(f'auc@{t}', float('nan')):.2f}" for t in (5, 10, 20))
         rows.append(f"| {result.get('model') or 'model'} | {name} | {result['solver']} | {aucs} | {s['num_failed']}/{s['num_pairs']} |")
-    rows += ["", f"Translation error: {result['translation_sign']}."]
+    rows += ["", f"Translation error: {result['translation_sign']}. Aggregation: "
+             f"{result.get('aggregation', 'AUC over all pairs')}."]
     return "\n".join(rows) + "\n"

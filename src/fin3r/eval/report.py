@@ -90,6 +90,11 @@ def summary_table(result: dict) -> str:
                 continue
             leaf = key.rsplit(".", 1)[-1]
             rows.append(f"| {name} | {key} {_arrow(leaf)} | {_fmt(v, leaf)} |")
+    agg = result.get("aggregation")
+    if isinstance(agg, dict):
+        agg = "; ".join(f"{k}: {v}" for k, v in agg.items())
+    if agg:
+        rows += ["", f"Aggregation: {agg}."]
     return "\n".join(rows) + "\n"
 
 

@@ -12,6 +12,9 @@ Under one data root (CUT3R's ``data/``), as prepared by the MonST3R scripts:
 ``kitti``   ``kitti/depth_selection/val_selection_cropped/image_gathered/<seq>/*.png`` and
             ``.../groundtruth_depth_gathered/<seq>/*.png`` (uint16, metres x 256, 0 = invalid,
             sparse), every sequence.
+``nyu``     ``nyu-v2/val/nyu_images/*.png`` and ``nyu-v2/val/nyu_depths/*.npy`` (metres, dense): the
+            654 test images, one pseudo-sequence ``val``; single images, for CUT3R's monocular
+            protocol only (``fin3r eval videodepth --mono``).
 
 GT depth comes back as CUT3R's readers return it: Sintel float32 as stored; Bonn and KITTI float64
 with invalid pixels set to ``-1`` (excluded by ``gt > 0``). Frames pair by sorted file name; a
@@ -32,6 +35,7 @@ from fin3r.errors import InputError
 
 __all__ = [
     "VIDEO_DATASETS",
+    "IMAGE_DATASETS",
     "SINTEL_14",
     "BONN_5",
     "VideoSequence",
@@ -67,7 +71,10 @@ VIDEO_DATASETS: dict[str, _Layout] = {
                     None, BONN_5, 5000.0),
     "kitti": _Layout("kitti/depth_selection/val_selection_cropped", "image_gathered/{seq}",
                      "groundtruth_depth_gathered/{seq}", ".png", ".png", "image_gathered", (), 256.0),
+    "nyu": _Layout("nyu-v2", "{seq}/nyu_images", "{seq}/nyu_depths", ".png", ".npy", None, ("val",)),
 }
+#: data sets of single images: only CUT3R's per-image (monocular) protocol applies
+IMAGE_DATASETS = ("nyu",)
 
 
 @dataclass
@@ -109,6 +116,16 @@ def read_png_depth(path: str | Path, scale: float) -> np.ndarray:
         raise InputError(f"{path}: expected a single-channel 16-bit depth PNG, got {raw.dtype} {raw.shape}")
     depth = raw.astype(np.float64) / scale
     depth[raw == 0] = -1.0
+    return depth
+
+
+def _read_npy_depth(path: Path) -> np.ndarray:
+    try:
+        depth = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a depth .npy ({e})") from None
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+        raise InputError(f"{path}: expected a 2-D float depth map, got {depth.dtype} {depth.shape}")
     return depth
 
 
@@ -156,7 +173,8 @@ def list_video_sequences(root: str | Path, dataset: str, sequences: str | list[s
 def read_video_gt(seq: VideoSequence) -> np.ndarray:
     """``(T, H, W)`` GT depth of a sequence in its reader's precision (see the module doc)."""
     lay = VIDEO_DATASETS[seq.dataset]
-    frames = [read_sintel_dpt(p) if lay.depth_ext == ".dpt" else read_png_depth(p, lay.depth_scale) for p in seq.depths]
+    frames = [read_sintel_dpt(p) if lay.depth_ext == ".dpt" else _read_npy_depth(p) if lay.depth_ext == ".npy"
+              else read_png_depth(p, lay.depth_scale) for p in seq.depths]
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise InputError(f"video dataset {seq.dataset}: sequence {seq.name} mixes depth sizes {sorted(shapes)}")

@@ -17,6 +17,11 @@ Per sequence of Sintel, Bonn or KITTI (:mod:`fin3r.eval.video_layouts`):
    which forgives a scale that drifts between frames;
 4. sequences are aggregated weighted by their valid pixels (CUT3R), data sets by an unweighted mean.
 
+``mono=True`` is CUT3R's *monocular* protocol (``eval/monodepth``) on the same data plus NYU-v2:
+every frame alone through the model's monocular path, its low-resolution depth upsampled
+bicubically, aligned per frame (``median`` by default in the CLI), frames pooled weighted by valid
+pixels; figures are reported as ``<align>_per_frame``.
+
 Python API::
 
     from fin3r.eval.videodepth import VideoDepthConfig, evaluate_videodepth
@@ -51,7 +56,13 @@ from fin3r.eval.cut3r_depth import (
 from fin3r.eval.metrics import key_average
 from fin3r.eval.model_io import default_num_views, model_input_size, predict_views_resized, resize_image
 from fin3r.eval.report import save_result
-from fin3r.eval.video_layouts import VIDEO_DATASETS, list_video_sequences, read_video_gt, read_video_images
+from fin3r.eval.video_layouts import (
+    IMAGE_DATASETS,
+    VIDEO_DATASETS,
+    list_video_sequences,
+    read_video_gt,
+    read_video_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,10 @@ __all__ = ["VideoDepthConfig", "evaluate_videodepth", "score_sequence", "sequenc
 
 AGGREGATION = {
     "sequences": "mean over the sequences of a data set weighted by valid pixels (CUT3R)",
+    "datasets": "unweighted mean over data sets",
+}
+MONO_AGGREGATION = {
+    "frames": "mean over the frames of a data set weighted by valid pixels (CUT3R's monodepth)",
     "datasets": "unweighted mean over data sets",
 }
 
@@ -77,6 +92,7 @@ class VideoDepthConfig:
         max_sequences, max_frames: evaluate only the first N sequences / frames (quick checks).
         settings: per data set ``max_depth`` / ``post_clip_max`` overriding CUT3R's.
         lad_lr, lad_iters: Adam settings of ``scale&shift`` (CUT3R: 1e-4, 1000).
+        mono: CUT3R's monocular protocol: each frame alone, per-frame alignment only (module doc).
     """
 
     datasets: list[str] = field(default_factory=lambda: ["sintel", "bonn", "kitti"])
@@ -90,20 +106,22 @@ class VideoDepthConfig:
     settings: dict[str, Cut3rDepthSettings] = field(default_factory=dict)
     lad_lr: float = 1e-4
     lad_iters: int = 1000
+    mono: bool = False
 
 
 @torch.no_grad()
-def sequence_depth(model, images: Tensor, window: int | None = None, long_side: int | None = None) -> tuple[Tensor, str]:
+def sequence_depth(model, images: Tensor, window: int | None = None, long_side: int | None = None,
+                   mono: bool = False) -> tuple[Tensor, str]:
     """``(depth (T, h, w) float32 on the CPU, source)`` of a sequence ``images (T, 3, H, W)``.
 
-    ``source`` names the path: ``"multi-view"``, ``"mono per frame"`` (pairwise models) or
-    ``"callable"``."""
+    ``source`` names the path: ``"multi-view"``, ``"mono per frame"`` (``mono``, or pairwise
+    models) or ``"callable"``."""
     if not hasattr(model, "predict_views"):
         if not callable(model):
             raise TypeError("model must be a Reconstructor or a callable images -> depth")
         return model(images).float().cpu(), "callable"
     family = getattr(model, "family", "")
-    if default_num_views(model) == 2:  # pairwise (DUSt3R, MASt3R): no per-view depth for a sequence
+    if mono or default_num_views(model) == 2:  # pairwise (DUSt3R, MASt3R): no per-view depth for a sequence
         patch = int(getattr(model, "patch_size", 16))
         size = model_input_size(*images.shape[-2:], family, patch, long_side)
         dev = next(model.parameters()).device
@@ -121,10 +139,11 @@ def sequence_depth(model, images: Tensor, window: int | None = None, long_side: 
 
 def score_sequence(pred: Tensor, gt: np.ndarray | Tensor, alignments: Sequence[str], settings: Cut3rDepthSettings,
                    per_frame: bool = False, lad_lr: float = 1e-4, lad_iters: int = 1000,
-                   device: str | torch.device = "cpu") -> dict[str, dict]:
+                   device: str | torch.device = "cpu", per_sequence: bool = True) -> dict[str, dict]:
     """Score a sequence: ``pred (T, h, w)`` (any size; resized bicubically to the GT) against
-    ``gt (T, H, W)`` in its reader's precision. Returns ``{align: metrics}`` and, with
-    ``per_frame``, ``{align + "_per_frame": metrics}`` (frames pooled weighted by valid pixels)."""
+    ``gt (T, H, W)`` in its reader's precision. Returns ``{align: metrics}`` (unless
+    ``per_sequence`` is False) and, with ``per_frame``, ``{align + "_per_frame": metrics}`` (frames
+    pooled weighted by valid pixels)."""
     gt = torch.as_tensor(gt)
     size = tuple(gt.shape[-2:])
     pred = torch.stack([resize_cubic(p, size) for p in pred])
@@ -133,7 +152,8 @@ def score_sequence(pred: Tensor, gt: np.ndarray | Tensor, alignments: Sequence[s
     p, g = pred.to(device), gt.to(device)
     out: dict[str, dict] = {}
     for align in alignments:
-        out[align] = cut3r_depth_metrics(p, g, align, settings, lad_lr=lad_lr, lad_iters=lad_iters)
+        if per_sequence:
+            out[align] = cut3r_depth_metrics(p, g, align, settings, lad_lr=lad_lr, lad_iters=lad_iters)
         if per_frame:
             frames = [cut3r_depth_metrics(p[i], g[i], align, settings, lad_lr=lad_lr, lad_iters=lad_iters)
                       for i in range(p.shape[0])]
@@ -168,9 +188,13 @@ def evaluate_videodepth(
     unknown = [d for d in names if d not in VIDEO_DATASETS]
     if unknown:
         raise InputError(f"unknown video datasets {unknown}; known: {list(VIDEO_DATASETS)}")
-    keys = aligns + ([f"{a}_per_frame" for a in aligns] if config.per_frame else [])
+    for d in names:
+        if d in IMAGE_DATASETS and not config.mono:
+            raise InputError(f"{d} holds single images: evaluate it with CUT3R's monocular protocol (mono / --mono)")
+    per_frame = config.per_frame or config.mono
+    keys = ([] if config.mono else aligns) + ([f"{a}_per_frame" for a in aligns] if per_frame else [])
     result: dict = {"task": "videodepth", "model": model_tag, "config": asdict(config), "alignments": keys,
-                    "aggregation": AGGREGATION, "depth_source": None, "benchmarks": {}, "records": {}}
+                    "aggregation": MONO_AGGREGATION if config.mono else AGGREGATION, "depth_source": None, "benchmarks": {}, "records": {}}
     for name in names:
         settings = config.settings.get(name) or CUT3R_DATASET_SETTINGS[name]
         if isinstance(settings, dict):
@@ -183,10 +207,11 @@ def evaluate_videodepth(
                 seq.images, seq.depths = seq.images[: config.max_frames], seq.depths[: config.max_frames]
             images, gt = read_video_images(seq), read_video_gt(seq)
             t0 = time.perf_counter()
-            depth, source = sequence_depth(model, images, config.window, config.input_long_side)
+            depth, source = sequence_depth(model, images, config.window, config.input_long_side, config.mono)
             t1 = time.perf_counter()
             result["depth_source"] = source
-            scores = score_sequence(depth, gt, aligns, settings, config.per_frame, config.lad_lr, config.lad_iters, device)
+            scores = score_sequence(depth, gt, aligns, settings, per_frame, config.lad_lr, config.lad_iters, device,
+                                    per_sequence=not config.mono)
             records.append({"sequence": seq.name, "frames": len(seq.images), "forward_time_s": t1 - t0,
                             "metric_time_s": time.perf_counter() - t1, **scores})
             n_frames += len(seq.images)
@@ -213,6 +238,8 @@ def videodepth_table(result: dict) -> str:
             vals = [f"{m.get(c, float('nan')) * (1 if c in ('rmse', 'log_rmse') else 100):.3f}" for c in cols]
             rows.append(f"| {result.get('model') or 'model'} | {name} | {a} | " + " | ".join(vals)
                         + f" | {s['num_sequences']} |")
-    rows += ["", f"Per sequence, one alignment; aggregation: {AGGREGATION['sequences']}. "
-             f"Depth from: {result.get('depth_source')}. Abs Rel, Sq Rel and δ in %."]
+    scope = ("CUT3R's monocular protocol: each frame alone, aligned per frame; aggregation: mean over frames "
+             "weighted by valid pixels" if result.get("config", {}).get("mono")
+             else f"Per sequence, one alignment (*_per_frame: per frame); aggregation: {AGGREGATION['sequences']}")
+    rows += ["", f"{scope}. Depth from: {result.get('depth_source')}. Abs Rel, Sq Rel and δ in %."]
     return "\n".join(rows) + "\n"
