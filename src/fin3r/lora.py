@@ -80,6 +80,7 @@ __all__ = [
     "read_adapter",
     "import_fin3r_lora",
     "apply_fin3r_lora",
+    "rename_prefixes",
     "base_hash",
 ]
 
@@ -658,6 +659,18 @@ def _read_released(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str
     return adapter, base
 
 
+def rename_prefixes(tensors: dict[str, Tensor], prefix_map: dict[str, str] | None) -> dict[str, Tensor]:
+    """``tensors`` with each key's leading ``src`` replaced by ``prefix_map[src]`` (keys under no
+    listed prefix unchanged): the encoder of one model family named as another's."""
+    if not prefix_map:
+        return tensors
+    out = {}
+    for key, value in tensors.items():
+        src = next((p for p in prefix_map if key.startswith(p)), None)
+        out[prefix_map[src] + key[len(src):] if src is not None else key] = value
+    return out
+
+
 def import_fin3r_lora(path: str | os.PathLike, model: nn.Module | None = None) -> dict[str, Tensor]:
     """Read a released Fin3R ``*_lora.pth`` (PEFT key names) into our adapter keys.
 
@@ -696,14 +709,16 @@ def _check_base_copies(model: nn.Module, base: dict[str, Tensor], source: str) -
 
 def apply_fin3r_lora(
     model: nn.Module, path: str | os.PathLike, alpha: float = RELEASED_CONFIG["alpha"],
-    check_base: bool = True,
+    check_base: bool = True, prefix_map: dict[str, str] | None = None,
 ) -> list[str]:  # fmt: skip
     """Inject and load a released Fin3R ``*_lora.pth`` into ``model`` exactly as released:
     ``"output"`` mode, rank from the file, ``alpha`` 8, no dropout, q/k/v slices for ``qkv``
     layers. Checks the file's base-weight copies against the model unless ``check_base=False``.
-    Returns the wrapped module names.
+    ``prefix_map`` renames the file's keys first (:func:`rename_prefixes`; e.g. VGGT's
+    ``aggregator.patch_embed.`` -> π3's ``encoder.``). Returns the wrapped module names.
     """
     adapter, base = _read_released(path)
+    adapter, base = rename_prefixes(adapter, prefix_map), rename_prefixes(base, prefix_map)
     if check_base:
         _check_base_copies(model, base, str(path))
     in_file = {k.rpartition(".")[0] for k in adapter}

@@ -1,0 +1,159 @@
+"""π3 official formats: detect, read, write.
+
+- a Hugging Face folder, what ``Pi3.from_pretrained`` reads (``PyTorchModelHubMixin``):
+  ``config.json`` = the constructor kwargs ``{"pos_type": "rope100", "decoder_size": "large"}`` +
+  ``model.safetensors``; fin3r's sidecar config (``fin3r_config.json``) beside it for
+  architectures the official kwargs cannot describe (tiny test models);
+- a bare ``.safetensors`` state_dict (the released ``model.safetensors``) or a ``.pth`` state_dict
+  (``torch.save(model.state_dict())``, also ``{"model": state_dict}``), what the official example
+  loads with ``load_state_dict``. These carry no architecture: the loader falls back to ``pi3``.
+
+Only ``decoder_size='large'`` exists as a working official architecture (see
+:mod:`fin3r.models.pi3.configs`); ``small``/``base`` descriptions are refused with that reason.
+Pi3X files (``metric_token``, conv heads, conditioning branches) are recognised and refused: fin3r
+does not build Pi3X. The official file to write is a plain state_dict (``torch.save``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from fin3r.errors import CheckpointError
+from fin3r.io import atomic_write, read_safetensors, safe_torch_load
+from fin3r.models.io import (
+    FIN3R_CONFIG_FILE,
+    check_blocks,
+    check_positive_ints,
+    check_state_dict,
+    check_width,
+    read_json,
+    strip_module,
+)
+from fin3r.models.pi3.configs import OFFICIAL_DECODER_SIZES, PI3_CONFIG
+from fin3r.models.pi3.model import Pi3
+
+#: a key only π3-family weights hold (the camera branch's token decoder)
+KEY_MARKER = "camera_decoder.projects."
+#: keys only Pi3X holds
+PI3X_MARKERS = ("metric_token", "metric_decoder.", "metric_head.")
+_POS_TYPE = re.compile(r"^rope(\d+(\.\d*)?)$")
+
+
+def config_from_hf(hf_config: dict[str, Any], source: str) -> dict[str, Any]:
+    """Our config from the official ``config.json`` kwargs (``pos_type``, ``decoder_size``)."""
+    unknown = sorted(set(hf_config) - {"pos_type", "decoder_size"})
+    if unknown:
+        raise CheckpointError(f"{source}: unknown Pi3 argument(s) {unknown} (known: pos_type, decoder_size)")
+    size = hf_config.get("decoder_size", "large")
+    if size not in OFFICIAL_DECODER_SIZES:
+        raise CheckpointError(f"{source}: decoder_size {size!r} is not one of {sorted(OFFICIAL_DECODER_SIZES)}")
+    if size != "large":
+        raise CheckpointError(f"{source}: decoder_size {size!r} cannot run, in fin3r or in the official code: its "
+                              f"{OFFICIAL_DECODER_SIZES[size][0]}-wide decoder takes the encoder's 1024-wide tokens "
+                              "without a projection; only 'large' is supported")
+    pos_type = hf_config.get("pos_type", "rope100")
+    match = _POS_TYPE.match(str(pos_type))
+    if not match or not 0 < float(match.group(1)) < 1e9:
+        raise CheckpointError(f"{source}: pos_type {pos_type!r} is not supported (the official model takes "
+                              "'rope<frequency>', e.g. 'rope100')")
+    return {"family": Pi3.family, **PI3_CONFIG, "rope_freq": float(match.group(1))}
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    config = read_json(path)
+    if config.get("family") != Pi3.family:
+        raise CheckpointError(f"{path}: expected a fin3r π3 config (a JSON object with family 'pi3')")
+    return config
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)[1]
+    obj = safe_torch_load(path, mmap=True)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    return check_state_dict(obj, str(path))
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Tensor]]:
+    """``(config or None, state_dict)`` of an official π3 file or folder (module docstring);
+    ``module.`` prefixes stripped. Never unpickles anything but tensors."""
+    path = Path(path)
+    config: dict[str, Any] | None = None
+    if path.is_dir():
+        config = _read_sidecar(path / FIN3R_CONFIG_FILE)
+        if config is None and (path / "config.json").is_file():
+            config = config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+        weights = next((path / n for n in ("model.safetensors", "model.pth", "model.pt") if (path / n).is_file()),
+                       None)
+        if weights is None:
+            raise CheckpointError(f"{path}: folder has no model.safetensors")
+        path = weights
+    state_dict = strip_module(check_state_dict(_read_weights(path), str(path)))
+    pi3x = [k for k in state_dict if k.startswith(PI3X_MARKERS)]
+    if pi3x:
+        raise CheckpointError(f"{path}: a Pi3X checkpoint ({pi3x[0]!r}); fin3r builds Pi3 only (Pi3X's conv heads, "
+                              "metric head and conditioning branches are not implemented)")
+    return config, state_dict
+
+
+def _pickle_mentions(path: Path, marker: str) -> bool:
+    """Whether the pickle of a zip-format torch file contains ``marker`` (no unpickling)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            return name is not None and marker.encode() in zf.read(name)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def detect(path: Path) -> bool:
+    """π3-family weights: a ``.safetensors``/``.pth`` file or a folder holding one, with a
+    ``camera_decoder.projects.*`` key (reads headers / pickle bytes only)."""
+    path = Path(path)
+    if path.is_dir():
+        path = next((path / n for n in ("model.safetensors", "model.pth", "model.pt") if (path / n).is_file()), path)
+        if path.is_dir():
+            return False
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return any(k.removeprefix("module.").startswith(KEY_MARKER) for k in f.keys())
+        except Exception:
+            return False
+    return _pickle_mentions(path, KEY_MARKER)
+
+
+def check_config(config: dict[str, Any], state_dict: dict[str, Tensor], source: str) -> None:
+    """The description's block counts and widths against the tensors (before allocation)."""
+    c = {**PI3_CONFIG, **{k: v for k, v in config.items() if k != "family"}}
+    check_positive_ints(c, ("img_size", "patch_size", "embed_dim", "encoder_depth", "encoder_num_heads",
+                            "decoder_depth", "decoder_num_heads", "num_register_tokens", "head_dim", "head_num_heads",
+                            "head_depth", "point_out_dim", "camera_out_dim"), source)
+    check_blocks(state_dict, {"encoder.blocks.": c["encoder_depth"], "decoder.": c["decoder_depth"],
+                              "point_decoder.blocks.": c["head_depth"], "conf_decoder.blocks.": c["head_depth"],
+                              "camera_decoder.blocks.": c["head_depth"]}, source)
+    check_width(state_dict, "encoder.cls_token", 2, c["embed_dim"], "embed_dim", source)
+    check_width(state_dict, "register_token", 2, c["num_register_tokens"], "num_register_tokens", source)
+    check_width(state_dict, "point_decoder.projects.weight", 0, c["head_dim"], "head_dim", source)
+    check_width(state_dict, "point_head.proj.weight", 1, c["point_out_dim"], "point_out_dim", source)
+    check_width(state_dict, "camera_head.fc_t.weight", 1, c["camera_out_dim"], "camera_out_dim", source)
+
+
+def save_official(model: Pi3, path: str | os.PathLike) -> Path:
+    """A plain state_dict (``torch.save``), what the official ``Pi3().load_state_dict`` takes."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.official_state_dict().items()}
+    return atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))
+
+
+__all__ = ["read", "detect", "check_config", "save_official", "config_from_hf", "KEY_MARKER"]
