@@ -12,12 +12,13 @@ from safetensors.torch import load_file
 
 from fin3r.errors import InputError
 from fin3r.geometry import invert_rigid, transform_points
-from fin3r.models.pi3 import PI3_CONFIG, PI3_TINY_CONFIG, Pi3
+from fin3r.models.pi3 import PI3_CONFIG, PI3_TINY_CONFIG, PI3X_CONFIG, PI3X_TINY_CONFIG, Pi3
 from fin3r.models.pi3 import model as pi3_model
 from fin3r.models.pi3.heads import nearest_rotation
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KEYS_TSV = FIXTURES / "pi3.keys.tsv"
+PI3X_KEYS_TSV = FIXTURES / "pi3x.keys.tsv"
 CASES = ["s1_42x56", "s3_28x42", "b2s1_42x42", "b2s2_42x28"]
 OUTPUTS = ("points", "local_points", "conf", "camera_poses")
 OUT_TOL, ENC_TOL = 1e-4, 1e-5
@@ -211,11 +212,68 @@ def test_full_size_keys_and_shapes_match_official():
     assert len(model.encoder_linear_names()) == 24
 
 
+def test_pi3x_full_size_keys_and_shapes_match_official():
+    """Pi3X with its conditioning branches off (``disable_multimodal()``)."""
+    official = read_tsv(PI3X_KEYS_TSV)
+    assert len(official) == 1437
+    with torch.device("meta"):
+        model = Pi3(**PI3X_CONFIG)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == official
+    assert len(model.encoder_linear_names()) == 24
+
+
 def test_official_config():
     with torch.device("meta"):
         large = Pi3(**PI3_CONFIG)
-    assert large.official_decoder_size == "large" and large.official_architecture
+        pi3x = Pi3(**PI3X_CONFIG)
+    assert large.official_name == "large" and large.official_architecture
     assert large.hf_config() == {"pos_type": "rope100", "decoder_size": "large"}
+    assert pi3x.official_name == "pi3x" and pi3x.hf_config() == {"ckpt": None, "use_multimodal": False}
     tiny = Pi3(**PI3_TINY_CONFIG)
-    assert tiny.official_decoder_size is None and not tiny.official_architecture
+    assert tiny.official_name is None and not tiny.official_architecture
     assert tiny.config_dict() == {"family": "pi3", **PI3_TINY_CONFIG}
+
+
+# --- Pi3X (conditioning off) ----------------------------------------------------------------------
+PI3X_CASES = ["s1_42x56", "s3_28x42", "b2s2_42x28"]
+
+
+def pi3x_state() -> dict[str, torch.Tensor]:
+    """The fixture's Pi3X: the tiny π3 trunk with the Pi3X heads and metric branch."""
+    trunk = {k: v for k, v in official_state().items() if not k.startswith(("point_head.", "conf_head."))}
+    return {**trunk, **load_file(str(FIXTURES / "pi3x_tiny_heads.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def tiny_x() -> Pi3:
+    model = Pi3(**PI3X_TINY_CONFIG).eval()
+    model.load_state_dict(pi3x_state(), strict=True)
+    return model
+
+
+def test_pi3x_fixture_config():
+    with safe_open(str(FIXTURES / "pi3x_tiny_heads.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["config"]) == PI3X_TINY_CONFIG
+
+
+@pytest.mark.parametrize("case", PI3X_CASES)
+def test_pi3x_forward_matches_official(tiny_x, case):
+    g = load_file(str(FIXTURES / f"pi3x_tiny_{case}.safetensors"))
+    with torch.no_grad():
+        out = tiny_x(g["images"])
+    for key in (*OUTPUTS, "metric"):
+        assert out[key].shape == g[key].shape, key
+        err = (out[key] - g[key]).abs().max().item()
+        assert err < OUT_TOL, f"{case} {key}: max |diff| {err:.2e}"
+
+
+def test_pi3x_metric_scales_points_and_translations(tiny_x):
+    g = load_file(str(FIXTURES / "pi3x_tiny_b2s2_42x28.safetensors"))
+    with torch.no_grad():
+        pred = tiny_x.predict_views(g["images"])
+        mono = tiny_x.predict_mono(g["images"][:, 0])
+    assert torch.allclose(pred.extras["metric"], g["metric"], atol=1e-6)
+    assert (pred.depth - g["local_points"][..., 2]).abs().max() < OUT_TOL
+    # a single view gets its own metric scale: the mono depth is the metric-scaled local z
+    assert mono.depth.shape == (2, 42, 28) and (mono.depth > 0).all()
+    assert torch.equal(mono.depth, mono.pts3d[..., 2])

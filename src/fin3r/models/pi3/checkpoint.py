@@ -1,21 +1,26 @@
-"""π3 official formats: detect, read, write.
+"""π3 / Pi3X official formats: detect, read, write.
 
-- a Hugging Face folder, what ``Pi3.from_pretrained`` reads (``PyTorchModelHubMixin``):
-  ``config.json`` = the constructor kwargs ``{"pos_type": "rope100", "decoder_size": "large"}`` +
-  ``model.safetensors``; fin3r's sidecar config (``fin3r_config.json``) beside it for
-  architectures the official kwargs cannot describe (tiny test models);
+- a Hugging Face folder, what ``from_pretrained`` reads (``PyTorchModelHubMixin``): ``config.json``
+  = the constructor kwargs (``Pi3``: ``{"pos_type": "rope100", "decoder_size": "large"}``;
+  ``Pi3X``: ``{"ckpt": null, "use_multimodal": ...}``) + ``model.safetensors``; fin3r's sidecar
+  config (``fin3r_config.json``) beside it for architectures the official kwargs cannot describe
+  (tiny test models);
 - a bare ``.safetensors`` state_dict (the released ``model.safetensors``) or a ``.pth`` state_dict
-  (``torch.save(model.state_dict())``, also ``{"model": state_dict}``), what the official example
-  loads with ``load_state_dict``. These carry no architecture: the loader falls back to ``pi3``.
+  (``torch.save(model.state_dict())``, also ``{"model": state_dict}``), what the official examples
+  load with ``load_state_dict``. These carry no architecture: the loader falls back to ``pi3``, or
+  to ``pi3x`` when the weights hold Pi3X's ``metric_token``.
 
-Only ``decoder_size='large'`` exists as a working official architecture (see
+Only ``decoder_size='large'`` exists as a working official π3 architecture (see
 :mod:`fin3r.models.pi3.configs`); ``small``/``base`` descriptions are refused with that reason.
-Pi3X files (``metric_token``, conv heads, conditioning branches) are recognised and refused: fin3r
-does not build Pi3X. The official file to write is a plain state_dict (``torch.save``).
+Pi3X is built with its conditioning branches off: their tensors (``depth_encoder.*``,
+``depth_emb``, ``ray_embed.*``, ``pose_inject_blk.*``) are dropped on reading, as the official
+``disable_multimodal()`` deletes them. The official file to write is a plain state_dict
+(``torch.save``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zipfile
@@ -37,21 +42,29 @@ from fin3r.models.io import (
     read_json,
     strip_module,
 )
-from fin3r.models.pi3.configs import OFFICIAL_DECODER_SIZES, PI3_CONFIG
+from fin3r.models.pi3.configs import OFFICIAL_DECODER_SIZES, PI3_CONFIG, PI3X_CONFIG
 from fin3r.models.pi3.model import Pi3
+
+log = logging.getLogger(__name__)
 
 #: a key only π3-family weights hold (the camera branch's token decoder)
 KEY_MARKER = "camera_decoder.projects."
-#: keys only Pi3X holds
-PI3X_MARKERS = ("metric_token", "metric_decoder.", "metric_head.")
+#: a key only Pi3X holds
+PI3X_MARKER = "metric_token"
+#: Pi3X's conditioning branches (depth, rays, poses), deleted by its ``disable_multimodal()``
+PI3X_CONDITIONING = ("depth_encoder.", "depth_emb", "ray_embed.", "pose_inject_blk.")
 _POS_TYPE = re.compile(r"^rope(\d+(\.\d*)?)$")
 
 
 def config_from_hf(hf_config: dict[str, Any], source: str) -> dict[str, Any]:
-    """Our config from the official ``config.json`` kwargs (``pos_type``, ``decoder_size``)."""
+    """Our config from the official ``config.json`` kwargs (``Pi3``: ``pos_type``, ``decoder_size``;
+    ``Pi3X``: ``ckpt``, ``use_multimodal``)."""
+    if set(hf_config) and set(hf_config) <= {"ckpt", "use_multimodal"}:
+        return {"family": Pi3.family, **PI3X_CONFIG}
     unknown = sorted(set(hf_config) - {"pos_type", "decoder_size"})
     if unknown:
-        raise CheckpointError(f"{source}: unknown Pi3 argument(s) {unknown} (known: pos_type, decoder_size)")
+        raise CheckpointError(f"{source}: unknown Pi3 argument(s) {unknown} (known: pos_type, decoder_size; Pi3X: "
+                              "ckpt, use_multimodal)")
     size = hf_config.get("decoder_size", "large")
     if size not in OFFICIAL_DECODER_SIZES:
         raise CheckpointError(f"{source}: decoder_size {size!r} is not one of {sorted(OFFICIAL_DECODER_SIZES)}")
@@ -100,11 +113,18 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Tens
             raise CheckpointError(f"{path}: folder has no model.safetensors")
         path = weights
     state_dict = strip_module(check_state_dict(_read_weights(path), str(path)))
-    pi3x = [k for k in state_dict if k.startswith(PI3X_MARKERS)]
-    if pi3x:
-        raise CheckpointError(f"{path}: a Pi3X checkpoint ({pi3x[0]!r}); fin3r builds Pi3 only (Pi3X's conv heads, "
-                              "metric head and conditioning branches are not implemented)")
+    dropped = [k for k in state_dict if k.startswith(PI3X_CONDITIONING)]
+    if dropped:
+        log.info("%s: dropped %d tensors of Pi3X's conditioning branches (built with use_multimodal=False)", path,
+                 len(dropped))
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(PI3X_CONDITIONING)}
     return config, state_dict
+
+
+def fallback_config(state_dict: dict[str, Tensor]) -> str:
+    """The registry name for weights without a description: ``pi3x`` if they hold Pi3X's
+    ``metric_token``, else ``pi3``."""
+    return "pi3x" if PI3X_MARKER in state_dict else "pi3"
 
 
 def _pickle_mentions(path: Path, marker: str) -> bool:
@@ -118,7 +138,7 @@ def _pickle_mentions(path: Path, marker: str) -> bool:
 
 
 def detect(path: Path) -> bool:
-    """π3-family weights: a ``.safetensors``/``.pth`` file or a folder holding one, with a
+    """π3 / Pi3X weights: a ``.safetensors``/``.pth`` file or a folder holding one, with a
     ``camera_decoder.projects.*`` key (reads headers / pickle bytes only)."""
     path = Path(path)
     if path.is_dir():
@@ -148,12 +168,26 @@ def check_config(config: dict[str, Any], state_dict: dict[str, Tensor], source: 
     check_width(state_dict, "point_decoder.projects.weight", 0, c["head_dim"], "head_dim", source)
     check_width(state_dict, "point_head.proj.weight", 1, c["point_out_dim"], "point_out_dim", source)
     check_width(state_dict, "camera_head.fc_t.weight", 1, c["camera_out_dim"], "camera_out_dim", source)
+    if c["dense_head"] not in ("linear", "conv"):
+        raise CheckpointError(f"{source}: dense_head={c['dense_head']!r} is not 'linear' or 'conv'")
+    if c["dense_head"] == "conv":
+        check_positive_ints(c, ("conv_dims", "conv_res_blocks", "conv_last_channels"), source)
+        check_blocks(state_dict, {"point_head.upsample_blocks.": len(c["conv_dims"])}, source)
+    if c["metric"]:
+        check_positive_ints(c, ("metric_dim", "metric_num_heads", "metric_depth"), source)
+        check_blocks(state_dict, {"metric_decoder.blocks.": c["metric_depth"]}, source)
+    for dim, heads in (("embed_dim", "encoder_num_heads"), ("embed_dim", "decoder_num_heads"),
+                       ("head_dim", "head_num_heads"), ("metric_dim", "metric_num_heads")):
+        if c[dim] % c[heads] or (heads != "encoder_num_heads" and (c[dim] // c[heads]) % 4):
+            raise CheckpointError(f"{source}: {dim}={c[dim]} does not split into {c[heads]} heads of a width that is a "
+                                  "multiple of 4 (RoPE2D)")
 
 
 def save_official(model: Pi3, path: str | os.PathLike) -> Path:
-    """A plain state_dict (``torch.save``), what the official ``Pi3().load_state_dict`` takes."""
+    """A plain state_dict (``torch.save``), what the official ``Pi3().load_state_dict`` (or, for the
+    Pi3X heads, ``Pi3X(use_multimodal=False).load_state_dict``) takes."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.official_state_dict().items()}
     return atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))
 
 
-__all__ = ["read", "detect", "check_config", "save_official", "config_from_hf", "KEY_MARKER"]
+__all__ = ["read", "detect", "check_config", "fallback_config", "save_official", "config_from_hf", "KEY_MARKER"]

@@ -36,8 +36,10 @@ from fin3r.models.layers.linear_head import LinearPatchHead
 from fin3r.models.layers.patch_embed import patch_positions
 from fin3r.models.layers.rope2d import RoPE2D
 from fin3r.models.layers.vggt_blocks import LayerScaleBlock, run_block
-from fin3r.models.pi3.configs import OFFICIAL_DECODER_SIZES, PI3_CONFIG
+from fin3r.models.pi3.configs import PI3_CONFIG, PI3X_CONFIG
+from fin3r.models.pi3.conv_head import ConvHead
 from fin3r.models.pi3.heads import CameraHead, TokenDecoder
+from fin3r.models.pi3.metric_head import ContextDecoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,6 +81,13 @@ class Pi3(Reconstructor):
         point_out_dim: output width of the point/confidence token decoders (1024).
         camera_out_dim: output width of the camera token decoder = camera head width (512).
         rope_freq: RoPE2D base frequency (``pos_type='rope100'``).
+        dense_head: ``"linear"`` (π3: a linear layer + pixel shuffle) or ``"conv"`` (Pi3X: the
+            MoGe-style :class:`~fin3r.models.pi3.conv_head.ConvHead`) for points and confidence.
+        conv_dims, conv_res_blocks, conv_last_channels: the conv head (Pi3X: [256, 128, 64], 2, 32).
+        max_log_depth: clamp of the predicted log-depth before ``exp`` (Pi3X: 15; π3: none).
+        metric: the metric-scale branch (Pi3X): ``metric_token`` + ``metric_decoder`` (width
+            ``metric_dim`` 512, ``metric_num_heads`` 8, ``metric_depth`` 5) + ``metric_head``;
+            points, local points and translations are multiplied by its ``exp`` output.
     """
 
     family: ClassVar[str] = "pi3"
@@ -90,17 +99,27 @@ class Pi3(Reconstructor):
                  encoder_num_heads: int = 16, decoder_depth: int = 36, decoder_num_heads: int = 16,
                  mlp_ratio: float = 4.0, num_register_tokens: int = 5, head_dim: int = 1024,
                  head_num_heads: int = 16, head_depth: int = 5, point_out_dim: int = 1024,
-                 camera_out_dim: int = 512, rope_freq: float = 100.0):
+                 camera_out_dim: int = 512, rope_freq: float = 100.0, dense_head: str = "linear",
+                 conv_dims: tuple[int, ...] | list[int] = (256, 128, 64), conv_res_blocks: int = 2,
+                 conv_last_channels: int = 32, max_log_depth: float | None = None, metric: bool = False,
+                 metric_dim: int = 512, metric_num_heads: int = 8, metric_depth: int = 5):
         super().__init__()
         if decoder_depth < 2 or decoder_depth % 2:
             raise ValueError(f"decoder_depth must be even and >= 2 (frame/global pairs), got {decoder_depth}")
+        if dense_head not in ("linear", "conv"):
+            raise ValueError(f"dense_head must be 'linear' or 'conv', got {dense_head!r}")
         self._config = dict(
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, encoder_depth=encoder_depth,
             encoder_num_heads=encoder_num_heads, decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
             mlp_ratio=float(mlp_ratio), num_register_tokens=num_register_tokens, head_dim=head_dim,
             head_num_heads=head_num_heads, head_depth=head_depth, point_out_dim=point_out_dim,
-            camera_out_dim=camera_out_dim, rope_freq=float(rope_freq),
+            camera_out_dim=camera_out_dim, rope_freq=float(rope_freq), dense_head=dense_head,
+            conv_dims=list(conv_dims), conv_res_blocks=conv_res_blocks, conv_last_channels=conv_last_channels,
+            max_log_depth=None if max_log_depth is None else float(max_log_depth), metric=bool(metric),
+            metric_dim=metric_dim, metric_num_heads=metric_num_heads, metric_depth=metric_depth,
         )
+        self.dense_head = dense_head
+        self.max_log_depth = max_log_depth
         self.patch_size = patch_size
         self.encoder = DinoV2Encoder(img_size, patch_size, embed_dim, encoder_depth, encoder_num_heads, mlp_ratio,
                                      ENCODER_REGISTERS)
@@ -115,13 +134,25 @@ class Pi3(Reconstructor):
         self.patch_start = num_register_tokens
         self.point_decoder = TokenDecoder(2 * embed_dim, head_dim, head_num_heads, head_depth, point_out_dim,
                                           mlp_ratio, self.rope)
-        self.point_head = LinearPatchHead(point_out_dim, 3, patch_size)
         self.conf_decoder = TokenDecoder(2 * embed_dim, head_dim, head_num_heads, head_depth, point_out_dim,
                                          mlp_ratio, self.rope)
-        self.conf_head = LinearPatchHead(point_out_dim, 1, patch_size)
+        if dense_head == "linear":
+            self.point_head: nn.Module = LinearPatchHead(point_out_dim, 3, patch_size)
+            self.conf_head: nn.Module = LinearPatchHead(point_out_dim, 1, patch_size)
+        else:
+            conv = dict(dims=list(conv_dims), res_blocks=conv_res_blocks, last_channels=conv_last_channels,
+                        patch_size=patch_size)
+            self.point_head = ConvHead(point_out_dim, [2, 1], **conv)
+            self.conf_head = ConvHead(point_out_dim, [1], **conv)
         self.camera_decoder = TokenDecoder(2 * embed_dim, head_dim, head_num_heads, head_depth, camera_out_dim,
                                            mlp_ratio, self.rope)
         self.camera_head = CameraHead(camera_out_dim)
+        self.has_metric = bool(metric)
+        if metric:
+            self.metric_token = nn.Parameter(torch.randn(1, 1, 2 * embed_dim) * 1e-6)
+            self.metric_decoder = ContextDecoder(2 * embed_dim, metric_dim, metric_num_heads, metric_depth, metric_dim,
+                                                 mlp_ratio, self.rope)
+            self.metric_head = nn.Linear(metric_dim, 1)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         #: activation checkpointing of the decoder blocks when computing gradients
@@ -132,27 +163,31 @@ class Pi3(Reconstructor):
         return {"family": self.family, **json.loads(json.dumps(self._config))}
 
     @property
-    def official_decoder_size(self) -> str | None:
-        """The official ``decoder_size`` that builds this architecture, or None when the official
-        constructor cannot (tiny test models: it hard-codes the encoder and head widths)."""
-        ours = dict(self._config)
-        for name, (dim, heads, depth) in OFFICIAL_DECODER_SIZES.items():
-            official = {**PI3_CONFIG, "decoder_num_heads": heads, "decoder_depth": depth,
-                        "rope_freq": ours["rope_freq"]}
-            if dim == PI3_CONFIG["embed_dim"] and official == ours:
-                return name
+    def official_name(self) -> str | None:
+        """What the official constructors build this architecture from, or None when they cannot
+        (tiny test models: they hard-code the widths): ``"large"`` (``Pi3(decoder_size='large')``)
+        or ``"pi3x"`` (``Pi3X(use_multimodal=False)``)."""
+        ours = self.config_dict()
+        ours.pop("family")
+        rope = {"rope_freq": ours["rope_freq"]}
+        if ours == json.loads(json.dumps({**PI3_CONFIG, **rope})):
+            return "large"
+        if ours == json.loads(json.dumps(PI3X_CONFIG)):
+            return "pi3x"
         return None
 
     @property
     def official_architecture(self) -> bool:
         """Whether the official constructor builds this architecture from :meth:`hf_config`."""
-        return self.official_decoder_size is not None
+        return self.official_name is not None
 
     def hf_config(self) -> dict[str, Any]:
-        """``config.json`` for the official ``Pi3.from_pretrained``: ``pos_type`` and ``decoder_size``
-        (``large`` for architectures the official constructor cannot build; fin3r writes its full
-        config beside it then)."""
-        return {"pos_type": f"rope{self._config['rope_freq']:g}", "decoder_size": self.official_decoder_size or "large"}
+        """``config.json`` for the official ``from_pretrained``: ``Pi3``'s ``pos_type`` and
+        ``decoder_size``, or ``Pi3X``'s ``use_multimodal: false`` for the Pi3X heads; for
+        architectures the official constructors cannot build fin3r writes its full config beside it."""
+        if self._config["metric"] or self._config["dense_head"] != "linear":
+            return {"ckpt": None, "use_multimodal": False}
+        return {"pos_type": f"rope{self._config['rope_freq']:g}", "decoder_size": "large"}
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Activation checkpointing of the encoder and decoder blocks."""
@@ -203,15 +238,38 @@ class Pi3(Reconstructor):
         conf_hidden = self.conf_decoder(hidden, pos)
         camera_hidden = self.camera_decoder(hidden, pos)
         r = self.patch_start
+        metric_hidden = None
+        if self.has_metric:
+            pos_all = pos.reshape(B, -1, 2)
+            token = self.metric_token.expand(B, -1, -1).to(hidden.dtype)
+            metric_hidden = self.metric_decoder(token, hidden.reshape(B, -1, hidden.shape[-1]), pos_all[:, :1], pos_all)
         with torch.autocast(device_type=imgs.device.type, enabled=False):
-            uvs = self.point_head(point_hidden[:, r:].float(), (H, W))  # (B*S, 3, H, W)
+            uvs, conf = self._dense(point_hidden[:, r:].float(), conf_hidden[:, r:].float(), (h, w))
             uvs = uvs.permute(0, 2, 3, 1).reshape(B, S, H, W, 3)
-            z = torch.exp(uvs[..., 2:])
+            log_z = uvs[..., 2:] if self.max_log_depth is None else uvs[..., 2:].clamp(max=self.max_log_depth)
+            z = torch.exp(log_z)
             local_points = torch.cat((uvs[..., :2] * z, z), dim=-1)
-            conf = self.conf_head(conf_hidden[:, r:].float(), (H, W)).permute(0, 2, 3, 1).reshape(B, S, H, W, 1)
+            conf = conf.permute(0, 2, 3, 1).reshape(B, S, H, W, 1)
             camera_poses = self.camera_head(camera_hidden[:, r:].float()).reshape(B, S, 4, 4)
             points = transform_points(camera_poses, local_points)
-        return {"points": points, "local_points": local_points, "conf": conf, "camera_poses": camera_poses}
+            out = {"points": points, "local_points": local_points, "conf": conf, "camera_poses": camera_poses}
+            if metric_hidden is not None:
+                metric = torch.exp(self.metric_head(metric_hidden.float())).reshape(B)
+                out["points"] = points * metric.view(B, 1, 1, 1, 1)
+                out["local_points"] = local_points * metric.view(B, 1, 1, 1, 1)
+                poses = camera_poses.clone()
+                poses[..., :3, 3] = poses[..., :3, 3] * metric.view(B, 1, 1)
+                out["camera_poses"] = poses
+                out["metric"] = metric
+        return out
+
+    def _dense(self, point_tokens: Tensor, conf_tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """``((u, v, log z) (B*S, 3, H, W), confidence logits (B*S, 1, H, W))`` from the patch tokens."""
+        if self.dense_head == "linear":
+            H, W = grid[0] * self.patch_size, grid[1] * self.patch_size
+            return self.point_head(point_tokens, (H, W)), self.conf_head(conf_tokens, (H, W))
+        xy, log_z = self.point_head(point_tokens, grid)
+        return torch.cat((xy, log_z), dim=1), self.conf_head(conf_tokens, grid)[0]
 
     def predict_mono(self, img: Tensor) -> MonoPrediction:
         """One view (S = 1): ``depth`` = z of the local points, ``conf`` = :func:`confidence_from_logits`
@@ -230,7 +288,8 @@ class Pi3(Reconstructor):
         :func:`confidence_from_logits`, ``depth`` = z of each view's local points. No intrinsics
         are predicted (None). ``extras``: π3's own ``camera_poses (B, S, 4, 4)`` (camera-to-world
         in its arbitrary world frame), ``local_points (B, S, H, W, 3)``, ``points`` (its world
-        frame) and ``conf_logits (B, S, H, W)``.
+        frame) and ``conf_logits (B, S, H, W)``; Pi3X also ``metric (B,)``, the scale already
+        applied to every output.
         """
         self.check_images(imgs, ndim=5)
         out = self(imgs)
@@ -241,7 +300,7 @@ class Pi3(Reconstructor):
             pts3d=transform_points(to_view0, out["points"]), conf=conf, cam2world=to_view0 @ poses,
             depth=out["local_points"][..., 2], depth_conf=conf,
             extras={"camera_poses": poses, "local_points": out["local_points"], "points": out["points"],
-                    "conf_logits": out["conf"][..., 0]},
+                    "conf_logits": out["conf"][..., 0], **({"metric": out["metric"]} if "metric" in out else {})},
         )
 
     def encode(self, img: Tensor) -> Tensor:
