@@ -13,6 +13,10 @@ VGGT-1B (``--families vggt``; ``fin3r/vggt_1b/{mono,views4}``, ``official/vggt_1
 of facebookresearch/vggt, track head off): the image is resized to 518x392; ``views4`` times one
 4-view set (4 shifted copies of the image). Full size fp32 needs ~5 GB per model.
 
+π3 (``--families pi3``; ``fin3r/pi3/{mono,views4}``, ``official/pi3/...`` with ``--official-pi3 <checkout>``
+of yyfz/Pi3): the image is resized to 518x392 as for VGGT; ``views4`` times one 4-view set. Full size
+fp32: ~3.8 GB of weights per model.
+
 CUT3R 512 DPT (``--families cut3r``; ``fin3r/cut3r_512_dpt_4_64/{mono,views4}``): ``mono`` is one
 frame from the initial state at the benchmark size, ``views4`` one 4-frame sequence decoded with the
 recurrent state (shifted copies of the image). ~3.9 GB peak RSS. There is no official variant: the
@@ -119,6 +123,29 @@ def _official_vggt(views: int) -> Callable[[argparse.Namespace], Runner]:
     return build
 
 
+def _fin3r_pi3(views: int) -> Callable[[argparse.Namespace], Runner]:
+    def build(args: argparse.Namespace) -> Runner:
+        from fin3r.models.registry import build_model
+
+        model = build_model("pi3").eval().to(args.device)
+        if views == 1:
+            return lambda img: model.predict_mono(_vggt_views(img, 1)[:, 0])
+        return lambda img: model.predict_views(_vggt_views(img, views))
+
+    return build
+
+
+def _official_pi3(views: int) -> Callable[[argparse.Namespace], Runner]:
+    def build(args: argparse.Namespace) -> Runner:
+        sys.path.insert(0, str(Path(args.official_pi3).resolve()))
+        from pi3.models.pi3 import Pi3  # noqa: E402 (a user-supplied checkout)
+
+        net = Pi3().eval().to(args.device)
+        return lambda img: net(_vggt_views(img, views))  # images in [0, 1]; normalised inside
+
+    return build
+
+
 def _fin3r_cut3r(views: int) -> Callable[[argparse.Namespace], Runner]:
     """CUT3R 512 DPT at the benchmark size: one frame from the initial state, or a ``views``-frame
     sequence (shifted copies of the image) decoded recurrently (time per sequence)."""
@@ -144,6 +171,11 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
     "fin3r/vggt_1b/views4": _fin3r_vggt(4),
     "official/vggt_1b/mono": _official_vggt(1),
     "official/vggt_1b/views4": _official_vggt(4),
+    # π3 at 518x392 (--families pi3): one image, and one 4-view set (time per set)
+    "fin3r/pi3/mono": _fin3r_pi3(1),
+    "fin3r/pi3/views4": _fin3r_pi3(4),
+    "official/pi3/mono": _official_pi3(1),
+    "official/pi3/views4": _official_pi3(4),
     # CUT3R 512 DPT (--families cut3r; no official variant: its RoPE needs the compiled CUDA cuRoPE)
     "fin3r/cut3r_512_dpt_4_64/mono": _fin3r_cut3r(1),
     "fin3r/cut3r_512_dpt_4_64/views4": _fin3r_cut3r(4),
@@ -151,7 +183,8 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
 #: ratios printed: (numerator, denominator)
 RATIOS = [("official/dust3r_512_dpt/pair", "fin3r/dust3r_512_dpt/pair"),
           ("official/dust3r_512_dpt/pair", "fin3r/dust3r_512_dpt/mono"),
-          ("official/vggt_1b/mono", "fin3r/vggt_1b/mono"), ("official/vggt_1b/views4", "fin3r/vggt_1b/views4")]
+          ("official/vggt_1b/mono", "fin3r/vggt_1b/mono"), ("official/vggt_1b/views4", "fin3r/vggt_1b/views4"),
+          ("official/pi3/mono", "fin3r/pi3/mono"), ("official/pi3/views4", "fin3r/pi3/views4")]
 
 
 def _image(args: argparse.Namespace) -> torch.Tensor:
@@ -216,6 +249,8 @@ def _spawn(args: argparse.Namespace, phase: str, variants: list[str]) -> dict:
         cmd += ["--official-dust3r", args.official_dust3r]
     if args.official_vggt:
         cmd += ["--official-vggt", args.official_vggt]
+    if args.official_pi3:
+        cmd += ["--official-pi3", args.official_pi3]
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
@@ -231,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=None, help=f"default: all of {list(BUILDERS)} that can run")
     p.add_argument("--official-dust3r", default=None, help="checkout of naver/dust3r (with croco) to compare")
     p.add_argument("--official-vggt", default=None, help="checkout of facebookresearch/vggt to compare")
-    p.add_argument("--families", nargs="+", default=["dust3r"], help="model families to run (dust3r, vggt, cut3r)")
+    p.add_argument("--official-pi3", default=None, help="checkout of yyfz/Pi3 to compare")
+    p.add_argument("--families", nargs="+", default=["dust3r"], help="model families to run (dust3r, vggt, cut3r, pi3)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the workers (default: this one)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=3)
@@ -248,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
         return 0
 
-    official = {"dust3r": args.official_dust3r, "vggt": args.official_vggt}
+    official = {"dust3r": args.official_dust3r, "vggt": args.official_vggt, "pi3": args.official_pi3}
     family = lambda v: v.split("/")[1].split("_")[0]  # noqa: E731  "fin3r/vggt_1b/mono" -> "vggt"
     variants = args.variants or [v for v in BUILDERS if family(v) in args.families
                                  and (not v.startswith("official/") or official.get(family(v)))]
