@@ -123,9 +123,19 @@ def test_predict_views_is_in_view0_frame(tiny):
     # each view's points are its local points moved by its pose relative to view 0
     assert (pred.pts3d - transform_points(pred.cam2world, g["local_points"])).abs().max() < OUT_TOL
     assert (pred.depth - g["local_points"][..., 2]).abs().max() < OUT_TOL
-    assert pred.intrinsics is None
+    assert pred.intrinsics.shape == (2, 2, 3, 3)
     assert (pred.extras["camera_poses"] - g["camera_poses"]).abs().max() < OUT_TOL
     assert (pred.extras["conf_logits"] - g["conf"][..., 0]).abs().max() < OUT_TOL
+
+
+def test_intrinsics_are_recovered_from_pinhole_local_points():
+    from fin3r.geometry import depth_to_points
+    from fin3r.models.pi3.model import intrinsics_from_local_points
+
+    K = torch.tensor([[[30.0, 0.0, 13.5], [0.0, 28.0, 9.0], [0.0, 0.0, 1.0]]])
+    depth = 1.0 + torch.rand(1, 20, 28)
+    K_fit = intrinsics_from_local_points(depth_to_points(depth, K))
+    assert torch.allclose(K_fit, K, atol=1e-3)
 
 
 def test_nearest_rotation():

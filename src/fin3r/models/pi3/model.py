@@ -65,6 +65,30 @@ def decoder_positions(batch: int, h: int, w: int, num_special: int, device: torc
     return torch.cat((special, patch_positions(batch, h, w, device=device) + 1), dim=1)
 
 
+def intrinsics_from_local_points(local_points: Tensor) -> Tensor:
+    """Pinhole intrinsics ``(..., 3, 3)`` in pixels (pixel centres at integer coordinates) fitted to
+    local points ``(..., H, W, 3)``: per axis, the least-squares line ``u = f x/z + c`` over all
+    pixels (as π3's ``recover_intrinsic_from_rays_d`` with a free principal point)."""
+    *batch, H, W, _ = local_points.shape
+    p = local_points.double()
+    z = p[..., 2].abs() + 1e-10
+    v, u = torch.meshgrid(torch.arange(H, dtype=p.dtype, device=p.device),
+                          torch.arange(W, dtype=p.dtype, device=p.device), indexing="ij")
+
+    def fit(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(-2)
+        t = target.flatten().expand_as(x)
+        xc, tc = x - x.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True)
+        slope = (xc * tc).sum(-1) / (xc * xc).sum(-1).clamp_min(1e-12)
+        return slope, t.mean(-1) - slope * x.mean(-1)
+
+    fx, cx = fit(p[..., 0] / z, u)
+    fy, cy = fit(p[..., 1] / z, v)
+    K = torch.zeros(*batch, 3, 3, dtype=p.dtype, device=p.device)
+    K[..., 0, 0], K[..., 0, 2], K[..., 1, 1], K[..., 1, 2], K[..., 2, 2] = fx, cx, fy, cy, 1.0
+    return K.to(local_points.dtype)
+
+
 class Pi3(Reconstructor):
     """π3 with the official state_dict keys.
 
@@ -285,8 +309,8 @@ class Pi3(Reconstructor):
 
         ``pts3d`` = π3's world points mapped by the inverse of view 0's predicted pose, ``cam2world``
         = ``inv(pose_0) @ pose_i`` (view 0 exactly the identity), ``conf`` = ``depth_conf`` =
-        :func:`confidence_from_logits`, ``depth`` = z of each view's local points. No intrinsics
-        are predicted (None). ``extras``: π3's own ``camera_poses (B, S, 4, 4)`` (camera-to-world
+        :func:`confidence_from_logits`, ``depth`` = z of each view's local points, ``intrinsics``
+        fitted to the local points (:func:`intrinsics_from_local_points`). ``extras``: π3's own ``camera_poses (B, S, 4, 4)`` (camera-to-world
         in its arbitrary world frame), ``local_points (B, S, H, W, 3)``, ``points`` (its world
         frame) and ``conf_logits (B, S, H, W)``; Pi3X also ``metric (B,)``, the scale already
         applied to every output.
@@ -298,7 +322,8 @@ class Pi3(Reconstructor):
         conf = confidence_from_logits(out["conf"][..., 0])
         return ViewsPrediction(
             pts3d=transform_points(to_view0, out["points"]), conf=conf, cam2world=to_view0 @ poses,
-            depth=out["local_points"][..., 2], depth_conf=conf,
+            intrinsics=intrinsics_from_local_points(out["local_points"]), depth=out["local_points"][..., 2],
+            depth_conf=conf,
             extras={"camera_poses": poses, "local_points": out["local_points"], "points": out["points"],
                     "conf_logits": out["conf"][..., 0], **({"metric": out["metric"]} if "metric" in out else {})},
         )
@@ -314,4 +339,5 @@ class Pi3(Reconstructor):
         return self.encoder(self.normalize(img))["x_prenorm"][:, 1 + ENCODER_REGISTERS :]
 
 
-__all__ = ["Pi3", "confidence_from_logits", "decoder_positions", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["Pi3", "confidence_from_logits", "decoder_positions", "intrinsics_from_local_points", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
