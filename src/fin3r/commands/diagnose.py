@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="official weights for a registry-name --model")
     parser.add_argument("--adapter", default=None, help="adapter to compare against the base (fin3r .safetensors or a released "
                              "Fin3R *_lora.pth)")
+    parser.add_argument("--adapter-base", default=None,
+                        help="the checkpoint a released adapter of another model was trained on (a VGGT adapter on "
+                             "π3: VGGT-1B); the two encoders are compared tensor by tensor, a difference is refused")
     parser.add_argument("--images", required=True, help="folder of images")
     parser.add_argument("--size", default=None, metavar="HxW",
                         help="resize+crop images to HxW (multiples of the patch size; default 224x224)")
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     adapted = None
     if args.adapter:
         adapted = copy.deepcopy(base)
-        apply_adapter(adapted, args.adapter)
+        apply_adapter(adapted, args.adapter, adapter_base=args.adapter_base)
     report = diagnose(base, images, args.out, adapted=adapted, batch_size=args.batch_size)
     for name in ("base", "adapted"):
         if name in report:

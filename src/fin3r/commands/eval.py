@@ -47,6 +47,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="weights for a registry name (official or fin3r format)")
     p.add_argument("--adapter", default=None, help="Fin3R adapter (.safetensors from `fin3r train`, or a released "
                    "*_lora.pth) applied to the encoder")
+    p.add_argument("--adapter-base", default=None, help="the checkpoint a released adapter of another model was "
+                   "trained on (a VGGT adapter on π3: VGGT-1B); the encoders are compared, a difference is refused")
     p.add_argument("--root", required=True, help="data root holding the benchmark folders")
     p.add_argument("--out", default=None, help="output folder (default: eval_out/<model>[+<adapter>])")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -145,7 +147,7 @@ def _load_model(args):
 
     from fin3r.models import load
 
-    model = load(args.model, args.checkpoint, adapter=args.adapter, device=args.device)
+    model = load(args.model, args.checkpoint, adapter=args.adapter, device=args.device, adapter_base=args.adapter_base)
     tag = Path(str(args.model)).stem if Path(str(args.model)).exists() else str(args.model)
     if args.adapter:
         tag += "+" + Path(args.adapter).stem

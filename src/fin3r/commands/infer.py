@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="weights for a registry-name --model (any format)")
     parser.add_argument("--adapter", default=None, help="LoRA adapter to apply (.safetensors from `fin3r train`, or a released "
                              "Fin3R *_lora.pth)")
+    parser.add_argument("--adapter-base", default=None,
+                        help="the checkpoint a released adapter of another model was trained on (a VGGT adapter on "
+                             "π3: VGGT-1B); the two encoders are compared tensor by tensor, a difference is refused")
     parser.add_argument("--out", default="infer_out", help="output folder (default: %(default)s)")
     parser.add_argument("--size", type=int, default=None, help="long side in pixels (default: the model's)")
     parser.add_argument("--views", action="store_true", help="predict all images as one multi-view set")
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = list_images(args.input)
     model = load_model(args.model, checkpoint=args.checkpoint)
     if args.adapter:
-        info = apply_adapter(model, args.adapter)
+        info = apply_adapter(model, args.adapter, adapter_base=args.adapter_base)
         print(f"adapter {args.adapter}: {len(info['targets'])} layers, mode {info['mode']}")
     model = model.to(args.device).eval()
     summary = run_inference(model, inputs, args.out, long_side=args.size, views=args.views,

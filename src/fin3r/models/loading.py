@@ -27,6 +27,7 @@ import argparse
 import ast
 import inspect
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,13 @@ from torch import Tensor
 
 from fin3r.errors import CheckpointError
 from fin3r.io import atomic_write, read_safetensors, safe_torch_load, write_text_atomic
-from fin3r.lora import LoRALinear, apply_fin3r_lora, load_adapter
+from fin3r.lora import LoRALinear, apply_fin3r_lora, import_fin3r_lora, load_adapter
 from fin3r.models.base import Reconstructor
 from fin3r.models.io import MAX_DESCRIPTION_CHARS, FIN3R_CONFIG_FILE, is_fin3r_file, read_fin3r_file, read_json
-from fin3r.models.registry import FAMILIES, MODEL_CONFIGS, build_model, family_spec, resolve_config
+from fin3r.models.registry import FAMILIES, MODEL_CONFIGS, build_model, family_spec, find_family, resolve_config
 from fin3r.models.spec import ModelFamily
+
+log = logging.getLogger(__name__)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -208,14 +211,84 @@ def load_model(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.P
     return _build_with_weights(config, state_dict, source).to(device).eval()
 
 
-def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base: bool = True) -> dict[str, Any]:
+def _released_prefix_map(model: torch.nn.Module, path: Path) -> dict[str, str]:
+    """The renaming a released adapter needs to fit ``model``: ``{}`` when its keys already name the
+    model's layers, else the model family's ``released_adapter_prefixes`` entries the keys start with."""
+    spec = find_family(getattr(model, "family", ""))
+    prefixes = dict(spec.released_adapter_prefixes) if spec is not None else {}
+    keys = list(import_fin3r_lora(path))
+    modules = {name for name, _ in model.named_modules()}
+    if not prefixes or any(k.rpartition(".")[0] in modules for k in keys):
+        return {}
+    return {src: dst for src, dst in prefixes.items() if any(k.startswith(src) for k in keys)}
+
+
+def verify_shared_encoder(model: torch.nn.Module, prefix_map: dict[str, str], base: str | os.PathLike) -> dict[str, Any]:
+    """Compare ``model``'s encoder with the encoder of ``base`` (any model file fin3r reads) tensor by
+    tensor, through ``prefix_map`` (base prefix -> model prefix). Raises :class:`CheckpointError`
+    naming the first (in the model's order) missing, mis-shaped or different tensor. Returns
+    ``{"compared": n, "skipped": [base keys under the prefixes the model does not have]}`` (π3: VGGT's
+    unused ``mask_token``)."""
+    _, _, base_sd = read_checkpoint(base)
+    own = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
+    compared = 0
+    for src, dst in prefix_map.items():
+        for key, mine in own.items():
+            if not key.startswith(dst):
+                continue
+            theirs_key = src + key[len(dst):]
+            theirs = base_sd.get(theirs_key)
+            if theirs is None:
+                raise CheckpointError(f"{base}: has no '{theirs_key}' to compare with the model's '{key}'")
+            if tuple(theirs.shape) != tuple(mine.shape):
+                raise CheckpointError(f"{base}: '{theirs_key}' has shape {tuple(theirs.shape)}, the model's '{key}' "
+                                      f"{tuple(mine.shape)}: not the encoder this adapter needs")
+            a, b = mine.detach().to("cpu", torch.float32), theirs.to(torch.float32)
+            if not torch.equal(a, b):
+                raise CheckpointError(f"{base}: the encoders differ first at '{key}' (vs '{theirs_key}', max |diff| "
+                                      f"{(a - b).abs().max().item():.3g}); refusing to apply an adapter trained on "
+                                      "another encoder")
+            compared += 1
+    skipped = sorted(k for k in base_sd for src, dst in prefix_map.items()
+                     if k.startswith(src) and dst + k[len(src):] not in own)
+    return {"compared": compared, "skipped": skipped}
+
+
+def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base: bool = True,
+                  adapter_base: str | os.PathLike | None = None) -> dict[str, Any]:
     """Apply an adapter in any format to ``model`` in place: a released Fin3R ``*_lora.pth``
     (PEFT keys, ``output`` mode) or a fin3r adapter ``.safetensors``. Returns a summary
-    ``{"format", "targets", "mode"}``."""
+    ``{"format", "targets", "mode"}``.
+
+    A released adapter trained on another family whose encoder this model shares (the VGGT adapter
+    on π3: ``ModelFamily.released_adapter_prefixes``) is renamed onto this model's encoder. The
+    two encoders must be equal: given ``adapter_base`` (the checkpoint the adapter was trained on,
+    e.g. VGGT-1B) they are compared tensor by tensor and a difference is refused
+    (:func:`verify_shared_encoder`); without it the adapter is applied with a warning that this is
+    unverified (only the base-weight copies the adapter file itself holds, if any, are checked).
+    The summary then also holds ``renamed`` and ``encoder_check``.
+    """
     path = Path(adapter)
     if path.suffix in (".pth", ".pt", ".bin"):
-        targets = apply_fin3r_lora(model, path, check_base=check_base)
-        return {"format": "fin3r-released", "targets": targets, "mode": "output"}
+        prefix_map = _released_prefix_map(model, path)
+        info: dict[str, Any] = {"format": "fin3r-released", "mode": "output"}
+        if prefix_map:
+            info["renamed"] = prefix_map
+            if adapter_base is not None:
+                info["encoder_check"] = verify_shared_encoder(model, prefix_map, adapter_base)
+            else:
+                info["encoder_check"] = None
+                log.warning("%s: applying an adapter trained on another model (%s renamed to %s); that its encoder "
+                            "equals this model's is UNVERIFIED -- pass the checkpoint it was trained on "
+                            "(--adapter-base) to compare them tensor by tensor", path,
+                            ", ".join(prefix_map), ", ".join(prefix_map.values()))
+        elif adapter_base is not None:
+            raise CheckpointError(f"{path}: --adapter-base is only for adapters trained on another model family; "
+                                  "this adapter already names the model's layers")
+        info["targets"] = apply_fin3r_lora(model, path, check_base=check_base, prefix_map=prefix_map or None)
+        return info
+    if adapter_base is not None:
+        raise CheckpointError(f"{path}: --adapter-base is only for released adapters (*_lora.pth) of another family")
     header = load_adapter(model, path, check_base=check_base)
     modes = sorted({str(m.get("mode")) for m in header.get("modules", {}).values()})
     return {"format": "fin3r-adapter", "targets": list(header.get("targets", [])),
@@ -223,12 +296,15 @@ def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base
 
 
 def load(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.PathLike | None = None,
-         adapter: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> Reconstructor:
-    """The model a user names (:func:`load_model`), with ``adapter`` applied (:func:`apply_adapter`),
-    in eval mode on ``device``."""
+         adapter: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+         adapter_base: str | os.PathLike | None = None) -> Reconstructor:
+    """The model a user names (:func:`load_model`), with ``adapter`` applied (:func:`apply_adapter`;
+    ``adapter_base``: see there), in eval mode on ``device``."""
     net = load_model(model, checkpoint)
     if adapter is not None:
-        apply_adapter(net, adapter)
+        apply_adapter(net, adapter, adapter_base=adapter_base)
+    elif adapter_base is not None:
+        raise CheckpointError("--adapter-base needs --adapter")
     return net.to(device).eval()
 
 
@@ -284,5 +360,5 @@ def save_hf_folder(model: Reconstructor, folder: str | os.PathLike) -> Path:
     return folder
 
 
-__all__ = ["load", "load_model", "apply_adapter", "read_checkpoint", "detect_family", "save_model", "save_official",
+__all__ = ["load", "load_model", "apply_adapter", "verify_shared_encoder", "read_checkpoint", "detect_family", "save_model", "save_official",
            "save_hf_folder"]

@@ -22,11 +22,12 @@ from fin3r.errors import CheckpointError, InputError
 from fin3r.models.base import Reconstructor
 from fin3r.models.croco import DUST3R, MAST3R
 from fin3r.models.cut3r import CUT3R
+from fin3r.models.pi3 import PI3
 from fin3r.models.spec import ModelFamily
 from fin3r.models.vggt import VGGT
 
 #: every model family, in the order files are tried against their official layouts
-FAMILIES: tuple[ModelFamily, ...] = (DUST3R, MAST3R, CUT3R, VGGT)
+FAMILIES: tuple[ModelFamily, ...] = (DUST3R, MAST3R, CUT3R, VGGT, PI3)
 _BY_NAME: dict[str, ModelFamily] = {spec.name: spec for spec in FAMILIES}
 
 #: registry name -> {"family": ..., **constructor kwargs}

@@ -57,6 +57,11 @@ class ModelFamily:
             configuration taken for a file of this family that carries no description (VGGT's
             ``model.pt``); ``None``: such a file needs a registry name.
         export_formats: the formats ``fin3r export`` writes for this family.
+        released_adapter_prefixes: for released Fin3R adapters trained on *another* family whose
+            encoder this family shares: that family's encoder prefix -> ours (π3: VGGT's
+            ``aggregator.patch_embed.`` -> ``encoder.``); the adapter's keys are renamed, and the
+            equality of the two encoders is the user's to assert (see
+            :func:`fin3r.models.loading.apply_adapter`).
     """
 
     name: str
@@ -77,6 +82,7 @@ class ModelFamily:
     layout: str = ""
     fallback_config: Callable[[dict[str, Tensor]], str | None] = field(default=lambda state_dict: None)
     export_formats: tuple[str, ...] = field(default=("pth", "hf", "safetensors"))
+    released_adapter_prefixes: Mapping[str, str] = field(default_factory=dict)
 
 
 __all__ = ["ModelFamily", "Reader", "ReplayLoss"]

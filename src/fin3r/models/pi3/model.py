@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from fin3r.geometry import invert_rigid, transform_points
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
 from fin3r.models.layers.dinov2 import DinoV2Encoder
-from fin3r.models.layers.linear_head import LinearPatchHead
+from fin3r.models.heads.linear import LinearPatchHead
 from fin3r.models.layers.patch_embed import patch_positions
 from fin3r.models.layers.rope2d import RoPE2D
 from fin3r.models.layers.vggt_blocks import LayerScaleBlock, run_block

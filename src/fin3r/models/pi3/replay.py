@@ -37,7 +37,7 @@ from torch import Tensor
 
 from fin3r.errors import InputError
 from fin3r.geometry import invert_rigid
-from fin3r.losses import views_ground_truth
+from fin3r.losses import replay_targets
 
 #: points per sample for the optimal-scale fit (the official ``local_align_res``)
 ALIGN_POINTS = 4096
@@ -226,10 +226,7 @@ def pi3_replay_loss(pred: Any, batch: dict[str, Any], alpha: float = 0.2) -> tup
     """π3's criterion on a replay batch: ``pred`` is :meth:`Pi3.predict_views` of ``batch["img"]``
     (its ``extras`` carry ``local_points`` and ``conf_logits``; ``cam2world`` the poses).
     ``alpha`` is accepted for the common replay interface and not used."""
-    gt = views_ground_truth(batch)
-    if pred.pts3d.shape != gt["pts3d"].shape:
-        raise InputError(f"replay_loss: prediction pts3d {tuple(pred.pts3d.shape)} does not match the batch's "
-                         f"ground truth {tuple(gt['pts3d'].shape)}")
+    gt, _ = replay_targets(pred, batch)
     if "local_points" not in pred.extras or pred.cam2world is None:
         raise InputError("pi3 replay: the prediction lacks local points or camera poses (use Pi3.predict_views)")
     return pi3_criterion(pred.extras["local_points"], pred.cam2world, gt, pred.extras.get("conf_logits"))
