@@ -19,6 +19,7 @@ from fin3r.models.loading import detect_family
 from fin3r.models.pi3 import PI3_CONFIG, PI3X_CONFIG, Pi3
 from fin3r.models.pi3.checkpoint import config_from_hf
 from fin3r.models.vggt import Vggt
+from test_models_loading import _released_lora  # a released *_lora.pth of any model (tests/ is on sys.path)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = 1e-4
@@ -153,24 +154,6 @@ def _vggt_sharing(pi3: Pi3) -> Vggt:
     return vggt
 
 
-def _released_vggt_lora(vggt: Vggt, path: Path, rank: int = 4) -> Path:
-    """A vggt_lora.pth as the released code writes it (PEFT-wrapped encoder attention + base copies)."""
-    g = torch.Generator().manual_seed(5)
-    sd = {}
-    for name in vggt.encoder_linear_names(["qkv"]):
-        blk = name.rpartition(".qkv")[0]
-        qkv, proj = vggt.get_submodule(f"{blk}.qkv"), vggt.get_submodule(f"{blk}.proj")
-        pre = f"{blk}.base_model.model"
-        sd[f"{pre}.qkv.base_layer.weight"] = qkv.weight.detach().clone()
-        sd[f"{pre}.qkv.base_layer.bias"] = qkv.bias.detach().clone()
-        sd[f"{pre}.qkv.lora_A.default.weight"] = torch.randn(rank, 16, generator=g) * 0.3
-        sd[f"{pre}.qkv.lora_B.default.weight"] = torch.randn(48, rank, generator=g) * 0.3
-        sd[f"{pre}.proj.weight"] = proj.weight.detach().clone()
-        sd[f"{pre}.proj.bias"] = proj.bias.detach().clone()
-    torch.save(sd, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def transfer(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("transfer")
@@ -178,7 +161,7 @@ def transfer(tmp_path_factory):
                           tmp / "pi3_tiny.safetensors")
     vggt = _vggt_sharing(load_model(pi3_path))
     vggt_path = save_official(vggt, tmp / "vggt_model.pt")
-    lora = _released_vggt_lora(vggt, tmp / "vggt_lora.pth")
+    lora = _released_lora(vggt, tmp / "vggt_lora.pth")  # PEFT keys under aggregator.patch_embed.
     return tmp, pi3_path, vggt, vggt_path, lora
 
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
-from fin3r.io import read_safetensors
+from fin3r.io import read_safetensors, safe_torch_load
 
 #: beside ``config.json`` in a Hugging Face folder: fin3r's full model config, written only when the
 #: official constructor's kwargs cannot describe the architecture (tiny test models)
@@ -233,6 +234,37 @@ def check_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
     return obj
 
 
+def read_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state_dict of a bare weights file: ``.safetensors``, or a torch file holding a
+    state_dict or ``{"model": state_dict}`` (``torch.load(weights_only=True)``, memory-mapped)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return check_state_dict(read_safetensors(path)[1], str(path))
+    obj = safe_torch_load(path, mmap=True)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    return check_state_dict(obj, str(path))
+
+
+def weights_file_has_key(path: str | os.PathLike, prefix: str) -> bool:
+    """Whether a bare weights file (``.safetensors`` header, or the pickle bytes of a zip-format torch
+    file) holds a key starting with ``prefix`` (a ``module.`` in front allowed for safetensors);
+    reads no tensor, unpickles nothing; False for unreadable files."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return any(k.removeprefix("module.").startswith(prefix) for k in f.keys())
+        except Exception:
+            return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            return name is not None and prefix.encode() in zf.read(name)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, Tensor], source: str,
                            assign: bool = False) -> None:
     """``load_state_dict(strict=True)`` with a clear :class:`CheckpointError` naming the keys
@@ -257,4 +289,5 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, Tensor]
 
 __all__ = ["FIN3R_CONFIG_FILE", "read_fin3r_file", "is_fin3r_file", "parse_json", "read_json",
            "parse_constructor", "parse_nested_constructor", "count_blocks", "check_blocks", "check_width",
-           "check_positive_ints", "strip_module", "fold_dpt_aliases", "check_state_dict", "load_state_dict_strict"]
+           "check_positive_ints", "strip_module", "fold_dpt_aliases", "check_state_dict", "load_state_dict_strict",
+           "read_weights_file", "weights_file_has_key"]

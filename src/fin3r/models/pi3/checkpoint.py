@@ -23,24 +23,23 @@ from __future__ import annotations
 import logging
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write, read_safetensors, safe_torch_load
+from fin3r.io import atomic_write
 from fin3r.models.io import (
     FIN3R_CONFIG_FILE,
     check_blocks,
     check_positive_ints,
-    check_state_dict,
     check_width,
     read_json,
+    read_weights_file,
     strip_module,
+    weights_file_has_key,
 )
 from fin3r.models.pi3.configs import OFFICIAL_DECODER_SIZES, PI3_CONFIG, PI3X_CONFIG
 from fin3r.models.pi3.model import Pi3
@@ -89,15 +88,6 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return config
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)[1]
-    obj = safe_torch_load(path, mmap=True)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    return check_state_dict(obj, str(path))
-
-
 def read(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Tensor]]:
     """``(config or None, state_dict)`` of an official π3 file or folder (module docstring);
     ``module.`` prefixes stripped. Never unpickles anything but tensors."""
@@ -112,7 +102,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Tens
         if weights is None:
             raise CheckpointError(f"{path}: folder has no model.safetensors")
         path = weights
-    state_dict = strip_module(check_state_dict(_read_weights(path), str(path)))
+    state_dict = strip_module(read_weights_file(path))
     dropped = [k for k in state_dict if k.startswith(PI3X_CONDITIONING)]
     if dropped:
         log.info("%s: dropped %d tensors of Pi3X's conditioning branches (built with use_multimodal=False)", path,
@@ -127,16 +117,6 @@ def fallback_config(state_dict: dict[str, Tensor]) -> str:
     return "pi3x" if PI3X_MARKER in state_dict else "pi3"
 
 
-def _pickle_mentions(path: Path, marker: str) -> bool:
-    """Whether the pickle of a zip-format torch file contains ``marker`` (no unpickling)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            name = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            return name is not None and marker.encode() in zf.read(name)
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-
-
 def detect(path: Path) -> bool:
     """π3 / Pi3X weights: a ``.safetensors``/``.pth`` file or a folder holding one, with a
     ``camera_decoder.projects.*`` key (reads headers / pickle bytes only)."""
@@ -145,13 +125,7 @@ def detect(path: Path) -> bool:
         path = next((path / n for n in ("model.safetensors", "model.pth", "model.pt") if (path / n).is_file()), path)
         if path.is_dir():
             return False
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return any(k.removeprefix("module.").startswith(KEY_MARKER) for k in f.keys())
-        except Exception:
-            return False
-    return _pickle_mentions(path, KEY_MARKER)
+    return weights_file_has_key(path, KEY_MARKER)
 
 
 def check_config(config: dict[str, Any], state_dict: dict[str, Tensor], source: str) -> None:

@@ -16,24 +16,23 @@ state_dict, what ``VGGT().load_state_dict`` takes.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write, read_safetensors, safe_torch_load
+from fin3r.io import atomic_write
 from fin3r.models.io import (
     FIN3R_CONFIG_FILE,
     check_blocks,
     check_positive_ints,
-    check_state_dict,
     check_width,
     read_json,
+    read_weights_file,
     strip_module,
+    weights_file_has_key,
 )
 from fin3r.models.vggt.model import BUILT_HEADS, VGGT_1B_CONFIG, Vggt
 
@@ -49,17 +48,6 @@ def _read_fin3r_config(path: Path) -> dict[str, Any]:
     if config.get("family") != "vggt":
         raise CheckpointError(f"{path}: expected a fin3r VGGT config (a JSON object with family 'vggt')")
     return {k: v for k, v in config.items() if k != "family"}
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)[1]
-    obj = safe_torch_load(path, mmap=True)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-        raise CheckpointError(f"{path}: expected a plain state_dict (name -> tensor), got {type(obj).__name__}")
-    return obj
 
 
 def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -83,7 +71,7 @@ def read_vggt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
                 break
         else:
             raise CheckpointError(f"{path}: folder has no model.safetensors / model.pt")
-    state_dict = check_state_dict(_read_weights(path), str(path))
+    state_dict = read_weights_file(path)
     return hf_config, strip_module(state_dict)
 
 
@@ -108,18 +96,7 @@ def detect(path: Path) -> bool:
         path = next((path / n for n in ("model.safetensors", "model.pt") if (path / n).is_file()), path)
         if path.is_dir():
             return False
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return any(k.startswith(_KEY_MARKER) for k in f.keys())
-        except Exception:
-            return False
-    try:
-        with zipfile.ZipFile(path) as zf:
-            name = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            return name is not None and _KEY_MARKER.encode() in zf.read(name)
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
+    return weights_file_has_key(path, _KEY_MARKER)
 
 
 def check_config(config: dict[str, Any], state_dict: dict[str, Tensor], source: str) -> None:
