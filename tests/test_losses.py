@@ -240,7 +240,7 @@ def test_replay_rejects_unknown_family_and_wrong_shapes():
     batch = _views_batch()
     gt = views_ground_truth(batch)
     with pytest.raises(InputError, match="unknown model family"):
-        replay_loss("pi3", _pred_from_gt(gt, batch), batch)
+        replay_loss("no_such_family", _pred_from_gt(gt, batch), batch)
     pred = _pred_from_gt(gt, batch)
     pred.pts3d = pred.pts3d[:, :1]
     with pytest.raises(InputError, match="does not match"):
