@@ -109,3 +109,16 @@ def test_train_distills_and_replays(tmp_path):
     assert record["loss_mono"] != 0.0 and record["loss_replay"] != 0.0
     adapter = load_file(str(result.adapter_path))
     assert adapter and all(k.startswith("encoder.blocks.") for k in adapter)
+
+
+def test_recipe_is_the_papers_setting():
+    """configs/pi3.yaml: mergeable re-normalised LoRA (weight_row), r = 8, alpha 8, on the 24 encoder qkv."""
+    from fin3r.models import build_model
+
+    config = load_config(TrainConfig, Path(__file__).parent.parent / "configs" / "pi3.yaml")
+    assert config.model.name == "pi3"
+    assert (config.lora.targets, config.lora.rank, config.lora.alpha, config.lora.mode) == (["qkv"], 8, 8.0,
+                                                                                          "weight_row")
+    assert config.data.height % 14 == 0 and config.data.width % 14 == 0
+    names = build_model("pi3", device="meta").encoder_linear_names(config.lora.targets)
+    assert names == [f"encoder.blocks.{i}.attn.qkv" for i in range(24)]
