@@ -164,3 +164,34 @@ def test_cut3r_monocular_protocol_on_nyu_and_video_layouts(tmp_path, capsys):
                  "1", "--input-long-side", "32", "--quiet", "--out", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert "| dust3r_tiny | nyu | median_per_frame |" in out and "monocular protocol" in out
+
+
+VIDEO_FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "eval_cut3r_video.safetensors"
+ALIGN_KEYS = ("rel", "sq_rel", "rmse", "log_rmse", "delta0", "delta1", "delta2", "delta3")
+
+
+def test_end_to_end_against_cut3r_eval_scripts(tmp_path):
+    """CUT3R's eval_depth.py (video) and eval_metrics.py (mono) on the same tiny trees and the same
+    low-resolution predictions: readers, pairing, bicubic upsampling, alignment, aggregation."""
+    safetensors = pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    want = load_file(str(VIDEO_FIXTURE))
+    with safetensors.safe_open(str(VIDEO_FIXTURE), "pt") as f:
+        meta = f.metadata()
+    _write_tree(tmp_path)
+    for name in ("sintel", "bonn", "kitti"):
+        seqs = [s.name for s in list_video_sequences(tmp_path, name)]
+        video = ["scale", "metric"] + (["scale&shift"] if name == "kitti" else [])  # Adam: 1000 steps, one data set
+        for mono, aligns in ((False, video), (True, ["median"])):
+            queue = [want[f"{name}.{s}.pred"] for s in seqs]
+            res = evaluate_videodepth(lambda images: queue.pop(0), tmp_path, [name], progress=False,
+                                      config=VideoDepthConfig(alignments=aligns, mono=mono))
+            for a in aligns:
+                key = f"mono.{name}" if mono else f"video.{name}.{a}"
+                got = res["benchmarks"][name][f"{a}_per_frame" if mono else a]
+                assert json.loads(meta[f"{key}.keys"])[:8] == ["Abs Rel", "Sq Rel", "RMSE", "Log RMSE", "δ < 1.",
+                                                               "δ < 1.25", "δ < 1.25^2", "δ < 1.25^3"]
+                vals = torch.tensor([got[k] for k in ALIGN_KEYS], dtype=torch.float64)
+                tol = 1e-5 if a == "scale&shift" else 1e-7
+                assert torch.allclose(vals, want[f"{key}.values"][:8], rtol=tol, atol=tol), (name, a, vals)
