@@ -9,7 +9,7 @@ from PIL import Image
 
 from fin3r.errors import InputError
 from fin3r.eval.mvdepth import MultiViewConfig, evaluate_mvdepth
-from fin3r.eval.pointmap import align_pointmaps_median, evaluate_pointmap, grid_normals
+from fin3r.eval.pointmap import align_pointmaps_median, evaluate_pointmap
 from fin3r.eval.registration import icp_point_to_point
 from fin3r.eval.scenes import list_scenes, load_frame, read_scene, write_7scenes_frame
 
@@ -82,9 +82,6 @@ def test_alignment_icp_and_normals_known_answers():
     T = icp_point_to_point(pts, pts @ R.T + torch.tensor([0.01, 0.0, 0.02]), threshold=0.1).float()
     assert torch.allclose(T[:3, :3], R, atol=1e-3) and torch.allclose(T[:3, 3], torch.tensor([0.01, 0, 0.02]), atol=1e-3)
 
-    yy, xx = torch.meshgrid(torch.arange(5.0), torch.arange(6.0), indexing="ij")
-    plane = torch.stack([xx, yy, torch.full_like(xx, 2.0)], -1)
-    assert torch.allclose(grid_normals(plane).abs(), torch.tensor([0, 0, 1.0]).expand(5, 6, 3))
 
 
 class _OracleViews(torch.nn.Module):

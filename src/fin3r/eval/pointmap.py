@@ -11,10 +11,11 @@ go to the world frame with the GT camera of view 0, are cropped to the centre ``
 pixels, and optionally refined by point-to-point ICP (``icp_threshold``). ``align="umeyama"`` fits
 a Sim(3) of the predicted to the GT points instead (pi3's variant).
 
-Normals are estimated from each point map's pixel grid (cross product of the central differences)
-rather than Open3D's k-NN PCA (``estimate_normals``) -- a documented deviation; NC compares the
-absolute cosine so the normal orientation does not matter. Metrics per reconstruction: ``acc``,
-``acc_med``, ``comp``, ``comp_med`` (metres), ``nc``, ``nc_med``; means over reconstructions.
+After ICP, normals are estimated from each point cloud (k = 30 PCA,
+:func:`~fin3r.eval.registration.estimate_normals`, as CUT3R's Open3D ``estimate_normals()``); NC
+compares absolute cosines so the normal orientation does not matter. Metrics per reconstruction:
+``acc``, ``acc_med``, ``comp``, ``comp_med`` (metres, NumPy medians), ``nc``, ``nc_med``; means
+over reconstructions.
 """
 
 from __future__ import annotations
@@ -31,26 +32,12 @@ from fin3r.eval.alignment import umeyama_sim3
 from fin3r.eval.metrics import accuracy_completeness, key_average
 from fin3r.eval.model_io import default_num_views, predict_views_resized
 from fin3r.eval.mvdepth import MultiViewConfig, benchmark_settings, keyframes
-from fin3r.eval.registration import icp_point_to_point
+from fin3r.eval.registration import estimate_normals, icp_point_to_point
 from fin3r.eval.report import save_result
 from fin3r.eval.scenes import list_scenes, load_frame, read_scene
 from fin3r.geometry import depth_to_points, invert_rigid, scale_intrinsics, transform_points
 
-__all__ = ["evaluate_pointmap", "align_pointmaps_median", "grid_normals"]
-
-
-def grid_normals(pts: Tensor) -> Tensor:
-    """Unit normals ``(..., H, W, 3)`` of a point map from the cross product of its central
-    differences (one-sided at the borders)."""
-    dx = torch.zeros_like(pts)
-    dy = torch.zeros_like(pts)
-    dx[..., :, 1:-1, :] = pts[..., :, 2:, :] - pts[..., :, :-2, :]
-    dx[..., :, 0, :] = pts[..., :, 1, :] - pts[..., :, 0, :]
-    dx[..., :, -1, :] = pts[..., :, -1, :] - pts[..., :, -2, :]
-    dy[..., 1:-1, :, :] = pts[..., 2:, :, :] - pts[..., :-2, :, :]
-    dy[..., 0, :, :] = pts[..., 1, :, :] - pts[..., 0, :, :]
-    dy[..., -1, :, :] = pts[..., -1, :, :] - pts[..., -2, :, :]
-    return F.normalize(torch.linalg.cross(dx, dy, dim=-1), dim=-1)
+__all__ = ["evaluate_pointmap", "align_pointmaps_median"]
 
 
 def align_pointmaps_median(pred: Tensor, gt: Tensor, valid: Tensor) -> Tensor:
@@ -92,15 +79,13 @@ def _reconstruction(model, frames: list[dict], config: MultiViewConfig, long_sid
         pr = align_pointmaps_median(pr, gt, valid)
     gt_w = transform_points(c2w[0], gt)
     pr_w = transform_points(c2w[0], pr)
-    n_gt, n_pr = grid_normals(gt_w), grid_normals(pr_w)
     v = _centre_crop(valid[..., None], config.crop)[..., 0]
-    gt_p, pr_p = _centre_crop(gt_w, config.crop)[v], _centre_crop(pr_w, config.crop)[v]
-    n_gt, n_pr = _centre_crop(n_gt, config.crop)[v], _centre_crop(n_pr, config.crop)[v]
+    gt_p, pr_p = _centre_crop(gt_w, config.crop)[v].double(), _centre_crop(pr_w, config.crop)[v].double()
     if config.icp_threshold > 0:
-        T = icp_point_to_point(pr_p, gt_p, config.icp_threshold).float()
+        T = icp_point_to_point(pr_p, gt_p, config.icp_threshold)
         pr_p = pr_p @ T[:3, :3].T + T[:3, 3]
-        n_pr = n_pr @ T[:3, :3].T
-    return accuracy_completeness(pr_p, gt_p, n_pr, n_gt)
+    # normals estimated from the clouds after ICP, as CUT3R's Open3D estimate_normals()
+    return accuracy_completeness(pr_p, gt_p, estimate_normals(pr_p), estimate_normals(gt_p))
 
 
 def evaluate_pointmap(
