@@ -214,3 +214,23 @@ def test_fov_from_a_model_that_predicts_intrinsics(tmp_path):
     assert fov["mae"] == pytest.approx(abs(fov["deviation"])) and np.isfinite(fov["mae"])
     res = evaluate_monodepth(vggt, tmp_path, ["toy"], config=MonodepthConfig(input_long_side=28), progress=False)
     assert "fov_x" not in res["benchmarks"]["toy"]  # opt-in (a second forward)
+
+
+def test_paper_table_paired_differences_from_records():
+    from fin3r.eval.paper_table import paired_difference, paper_table
+
+    def res(model, rels):
+        recs = [{"name": f"i{k}", "valid_pixels": 10, "depth_scale_invariant": {"rel": v, "delta1": 0.9}}
+                for k, v in enumerate(rels)]
+        mean = sum(rels) / len(rels)
+        return {"task": "monodepth", "model": model, "config": {"table_variant": "depth_scale_invariant"},
+                "benchmarks": {"b": {"depth_scale_invariant": {"rel": mean, "delta1": 0.9}}}, "records": {"b": recs}}
+
+    base, tuned = res("base", [0.10, 0.20, 0.30]), res("tuned", [0.08, 0.19, 0.27])
+    d, se, n = paired_difference(base, tuned, "b", "depth_scale_invariant", "rel")
+    diffs = [-0.02, -0.01, -0.03]
+    assert n == 3 and d == pytest.approx(-0.02) and se == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(3))
+    md = paper_table([base, tuned])
+    assert f"({100 * d:+.2f} ± {100 * se:.2f})" in md and "standard error of the paired" in md
+    assert r"$\pm$" in paper_table([base, tuned], "latex")
+    assert paired_difference(base, tuned, "b", "depth_median", "rel") is None  # pixel-weighted: not a plain mean

@@ -197,6 +197,15 @@ def _run(args: argparse.Namespace) -> int:
                 raise Fin3rError(f"--compare: {p} is not a result JSON") from None
             if not isinstance(res, dict) or not isinstance(res.get("benchmarks"), dict):
                 raise Fin3rError(f"--compare: {p} is not a result JSON (no 'benchmarks')")
+            if res.get("task") == "monodepth" and not res.get("records"):  # per-image records sit beside it
+                res["records"] = {}
+                for bench in res["benchmarks"]:
+                    side = Path(p).parent / "monodepth" / f"{bench}.json"
+                    if side.is_file():
+                        try:
+                            res["records"][bench] = load_result(side).get("records") or []
+                        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                            raise Fin3rError(f"--compare: {side} is not a result JSON") from None
             results.append(res)
         try:
             for fmt in (("markdown", "latex") if args.table_format == "both" else (args.table_format,)):

@@ -2,8 +2,11 @@
 
 One row per model (result JSON), benchmarks as column groups (plus the average when the results
 carry one), the protocol and the aggregation named above the table, in Markdown or LaTeX. Every
-row after the first also shows its difference to the first row (same benchmarks, same images:
-a paired difference of the aggregated figures), in the printed units.
+row after the first also shows its difference to the first row, in the printed units. When both
+results carry per-item records of a figure that is a plain mean over items (monodepth images --
+not ``depth_median``, which is pixel-weighted --, mvdepth keyframes, pointmap reconstructions),
+the difference is paired: the mean of the per-item differences over the items both results
+scored, with its standard error (``± SE``).
 
 Which figures fill the columns depends on the task:
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["paper_table", "TASK_COLUMNS"]
+__all__ = ["paper_table", "paired_difference", "TASK_COLUMNS"]
 
 #: task -> (metric key, printed label, higher is better, printed x 100)
 TASK_COLUMNS: dict[str, tuple[tuple[str, str, bool, bool], ...]] = {
@@ -81,10 +84,48 @@ def _fmt(x: float, percent: bool) -> str:
     return f"{100 * x:.2f}" if percent else f"{x:.4f}"
 
 
-def _fmt_diff(d: float, percent: bool) -> str:
+def _fmt_diff(d: float, percent: bool, se: float | None = None) -> str:
     if math.isnan(d):
         return ""
-    return f" ({100 * d:+.2f})" if percent else f" ({d:+.4f})"
+    k = 100.0 if percent else 1.0
+    prec = 2 if percent else 4
+    err = f" ± {k * se:.{prec}f}" if se is not None and not math.isnan(se) else ""
+    return f" ({k * d:+.{prec}f}{err})"
+
+
+#: per task: the fields naming one record (items are paired by them)
+RECORD_IDS = {"monodepth": ("name",), "mvdepth": ("scene", "frame"), "pointmap": ("scene", "frames")}
+
+
+def _records(result: dict, bench: str, group: str | None, key: str) -> dict[tuple, float] | None:
+    """``{item id: figure}`` of a benchmark's records when the figure is a plain mean over them."""
+    task = result.get("task")
+    recs = (result.get("records") or {}).get(bench)
+    if task not in RECORD_IDS or not recs or group == "depth_median":
+        return None
+    out = {}
+    for r in recs:
+        block = r.get(group) if group is not None else r
+        v = block.get(key) if isinstance(block, dict) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
+            out[tuple(r.get(f) for f in RECORD_IDS[task])] = float(v)
+    return out or None
+
+
+def paired_difference(ref: dict, other: dict, bench: str, group: str | None, key: str) -> tuple[float, float, int] | None:
+    """``(mean of other - ref over the shared items, its standard error, n)`` from the records,
+    or None when either result lacks per-item records of that figure."""
+    a, b = _records(ref, bench, group, key), _records(other, bench, group, key)
+    if a is None or b is None:
+        return None
+    shared = [k for k in a if k in b]
+    if not shared:
+        return None
+    d = [b[k] - a[k] for k in shared]
+    n = len(d)
+    mean = sum(d) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.nan
+    return mean, se, n
 
 
 def paper_table(results: Sequence[dict], fmt: str = "markdown", group: str | None = None) -> str:
@@ -122,18 +163,25 @@ def paper_table(results: Sequence[dict], fmt: str = "markdown", group: str | Non
 
     ref = cells(results[0])
     rows = []
+    any_paired = False
     for i, r in enumerate(results):
         vals = cells(r)
         texts = []
         for j, v in enumerate(vals):
-            _, _, _, pct = cols[j % len(cols)]
-            texts.append(_fmt(v, pct) + (_fmt_diff(v - ref[j], pct) if i else ""))
+            key, _, _, pct = cols[j % len(cols)]
+            bench = groups[j // len(cols)]
+            paired = paired_difference(results[0], r, bench, grp, key) if i and bench != "Avg" else None
+            any_paired |= paired is not None
+            diff = _fmt_diff(paired[0], pct, paired[1]) if paired else _fmt_diff(v - ref[j], pct)
+            texts.append(_fmt(v, pct) + (diff if i else ""))
         rows.append((str(r.get("model") or f"model {i}"), texts))
     protocols = {_protocol(r, grp) for r in results}
     header = "Protocol: " + " | ".join(sorted(protocols))
     units = "Acc and Comp in metres, NC in [0, 1]" if task == "pointmap" else "Figures in %"
     note = (f"{units}; ↓ lower is better, ↑ higher is better; in parentheses: the row minus the "
-            f"first row ({rows[0][0]}), same benchmarks.")
+            f"first row ({rows[0][0]}), same benchmarks"
+            + ("; ± the standard error of the paired per-item differences where both results hold per-item "
+               "records." if any_paired else "."))
     labels = [f"{lab}{'↑' if hib else '↓'}" for _, lab, hib, _ in cols]
     if fmt == "markdown":
         head = "| model | " + " | ".join(f"{b} {lab}" for b in groups for lab in labels) + " |"
@@ -143,7 +191,8 @@ def paper_table(results: Sequence[dict], fmt: str = "markdown", group: str | Non
     if fmt == "latex":
         def esc(x: str) -> str:
             for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                         ("δ", r"$\delta$"), ("τ", r"$\tau$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$")):
+                         ("δ", r"$\delta$"), ("τ", r"$\tau$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"),
+                         ("±", r"$\pm$")):
                 x = x.replace(a, b)
             return x
 
