@@ -1,4 +1,5 @@
-"""Teachers: the oracle (ground truth + degradations), hf:<folder> (tiny random models), moge."""
+"""Teachers: the oracle (ground truth + degradations), hf:<folder> (tiny random models), a missing MoGe
+(MoGe through its real package: tests/test_teachers_moge.py)."""
 
 import importlib.util
 import math
@@ -11,7 +12,6 @@ from fin3r.errors import Fin3rError, InputError
 from fin3r.teachers import TeacherOutput, load_teacher
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
-HAS_MOGE = importlib.util.find_spec("moge") is not None
 
 
 def _world_batch(n=2, h=24, w=32):
@@ -70,10 +70,9 @@ def test_unknown_specs():
         load_teacher("hf:")
 
 
-def test_moge_missing_names_the_extra(tmp_path):
-    if HAS_MOGE:
-        pytest.skip("moge is installed")
-    with pytest.raises(Fin3rError, match=r"fin3r\[moge\]"):
+def test_moge_missing_names_the_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "moge.model.v1", None)  # import fails as if not installed
+    with pytest.raises(Fin3rError, match=r"dlr-moge==2\.0\.0 dlr-utils3d==1\.3"):
         load_teacher(f"moge:{tmp_path / 'model.pt'}")
 
 
@@ -128,64 +127,136 @@ def test_hf_metric_and_bad_folder(tmp_path):
     assert math.isfinite(float(out.depth.sum()))
 
 
-_FAKE_MOGE = '''
-import torch
-from torch import nn
+def _save_tiny_depth_pro(folder, fov=True):
+    from transformers import DepthProConfig, DepthProForDepthEstimation
+
+    tiny_vit = {"model_type": "dinov2", "num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 1,
+                "patch_size": 4}
+    config = DepthProConfig(patch_size=16, fusion_hidden_size=16, intermediate_hook_ids=[1, 0],
+                            intermediate_feature_dims=[10, 8], scaled_images_ratios=[0.5, 1.0],
+                            scaled_images_overlap_ratios=[0.0, 0.2], scaled_images_feature_dims=[12, 12],
+                            use_fov_model=fov, num_fov_head_layers=1, image_model_config=dict(tiny_vit),
+                            patch_model_config=dict(tiny_vit), fov_model_config=dict(tiny_vit))
+    torch.manual_seed(0)
+    model = DepthProForDepthEstimation(config).eval()
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        '{"image_processor_type": "DepthProImageProcessor", "size": {"height": 32, "width": 32}, "resample": 2, '
+        '"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_normalize": true}')
+    return model
 
 
-class MoGeModel(nn.Module):
-    """A stand-in with MoGe's loading and ``infer`` API (not MoGe): depth = 2 + row index,
-    the top-left pixel masked (inf), normalised intrinsics."""
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers not installed (optional extra fin3r[hf])")
+def test_depth_pro_is_transformers_post_processing(tmp_path):
+    """``depthpro:<folder>`` = the model on the processor's square input, then transformers'
+    ``DepthProImageProcessor.post_process_depth_estimation`` at the input size (that processor
+    imports torchvision, so its three steps are written out here: ``pred * W / f`` with
+    ``f = W / 2 / tan(fov / 2)``, bilinear resize, ``1 / clamp(., 1e-4, 1e4)``); metric with the
+    FoV head."""
+    model = _save_tiny_depth_pro(tmp_path / "dp")
+    t = load_teacher(f"depthpro:{tmp_path / 'dp'}")
+    assert t.depth_kind == "metric" and t.name == "depthpro:dp"
+    img = torch.rand(2, 3, 30, 40)
+    out = t.predict(img)
+    x = torch.nn.functional.interpolate((img - 0.5) / 0.5, size=(32, 32), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        raw = model(pixel_values=x)
+    ref = []
+    for depth, fov in zip(raw.predicted_depth, raw.field_of_view):
+        focal = 0.5 * 40 / torch.tan(0.5 * torch.deg2rad(fov))
+        depth = torch.nn.functional.interpolate((depth * 40 / focal)[None, None], size=(30, 40), mode="bilinear")
+        ref.append(1.0 / torch.clamp(depth[0, 0], min=1e-4, max=1e4))
+    ref = torch.stack(ref)
+    # rtol: the processor normalises before resizing, the teacher after (equal up to float rounding,
+    # which the random network and the inverse amplify)
+    assert torch.allclose(out.depth, ref, rtol=1e-3) and out.mask.all()
+    _save_tiny_depth_pro(tmp_path / "nofov", fov=False)
+    assert load_teacher(f"depthpro:{tmp_path / 'nofov'}").depth_kind == "scale"  # focal unknown
+    _save_tiny_depth_anything(tmp_path / "da")
+    with pytest.raises(Fin3rError, match="not 'depth_pro'"):
+        load_teacher(f"depthpro:{tmp_path / 'da'}")
+    with pytest.raises(InputError, match="unknown option"):
+        load_teacher(f"depthpro:{tmp_path / 'dp'}#sizes=3")
 
-    VERSION = {version}
 
-    def __init__(self, **config):
-        super().__init__()
-        self.config = config
-        self.w = nn.Parameter(torch.zeros(3))
-
-    def infer(self, image, **kwargs):
-        self.last_kwargs = kwargs
-        B, _, H, W = image.shape
-        depth = 2.0 + torch.arange(H, dtype=torch.float32)[None, :, None].expand(B, H, W).clone() + self.w.sum()
-        mask = torch.ones(B, H, W, dtype=torch.bool)
-        mask[:, 0, 0] = False
-        depth[~mask] = float("inf")
-        K = torch.tensor([[0.8, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1.0]]).expand(B, 3, 3)
-        return {{"depth": depth, "mask": mask, "intrinsics": K, "points": torch.zeros(B, H, W, 3)}}
-'''
+ENSEMBLE = "ensemble:oracle:noise=0.08,seed=1,oracle:noise=0.04,blur=1.5,seed=2,oracle:noise=0.04,pool=4,seed=3"
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_moge_teacher_through_the_package_api(tmp_path, monkeypatch, version):
-    """Our loading (version from the config, weights_only checkpoint, strict key check) and output
-    handling (inf -> mask False, intrinsics extras), against a stand-in ``moge`` package."""
-    if HAS_MOGE:
-        pytest.skip("the real moge is installed")
-    for name in [m for m in sys.modules if m == "moge" or m.startswith("moge.")]:
-        monkeypatch.delitem(sys.modules, name)
-    pkg = tmp_path / "pkgs" / "moge" / "model"
-    pkg.mkdir(parents=True)
-    (pkg.parent / "__init__.py").write_text("")
-    (pkg / "__init__.py").write_text("")
-    for v in (1, 2):
-        (pkg / f"v{v}.py").write_text(_FAKE_MOGE.format(version=v))
-    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
-    config = {"encoder": "dinov2_vits14"} if version == 1 else {"encoder": {}, "neck": {}, "scale_head": {"dim": 1}}
-    ckpt = tmp_path / "ckpt" / "model.pt"
-    ckpt.parent.mkdir()
-    torch.save({"model_config": config, "model": {"w": torch.zeros(3)}}, ckpt)
-    t = load_teacher(f"moge:{ckpt}")
-    assert t.depth_kind == ("scale" if version == 1 else "metric") and t.name == f"moge{version}:ckpt/model.pt"
-    out = t.predict(torch.rand(2, 3, 6, 8))
-    assert not out.mask[:, 0, 0].any() and out.mask.sum() == 2 * 47 and out.depth[0, 0, 0] == 0
-    assert torch.equal(out.depth[1, 3, 5], torch.tensor(5.0))
-    assert out.extras["intrinsics"].shape == (2, 3, 3)
-    assert t.model.last_kwargs["apply_mask"] and t.model.last_kwargs["force_projection"]
-    torch.save({"model_config": config, "model": {"w": torch.zeros(3), "extra.weight": torch.zeros(1)}}, ckpt)
-    with pytest.raises(Fin3rError, match="extra.weight"):
-        load_teacher(f"moge:{ckpt}")
-    with pytest.raises(Fin3rError, match="no checkpoint"):
-        load_teacher(f"moge:{tmp_path / 'missing.pt'}")
-    for name in [m for m in sys.modules if m == "moge" or m.startswith("moge.")]:
-        del sys.modules[name]  # the stand-in must not outlive this test
+def _log_error(label, mask, gt, valid):
+    ok = mask & valid
+    r = torch.where(ok, torch.log(gt.clamp_min(1e-9)) - torch.log(label.clamp_min(1e-9)), torch.tensor(float("nan")))
+    return (r - torch.nanmedian(r.flatten(1), dim=1).values.view(-1, 1, 1)).abs()
+
+
+def test_ensemble_beats_each_member_and_its_confidence_ranks_errors():
+    from fin3r.teachers.ensemble import split_member_specs
+
+    assert split_member_specs(ENSEMBLE.partition(":")[2]) == [
+        "oracle:noise=0.08,seed=1", "oracle:noise=0.04,blur=1.5,seed=2", "oracle:noise=0.04,pool=4,seed=3"]
+    batch = _world_batch(4, 48, 64)
+    gt, valid = batch["depth"], batch["valid"]
+    t = load_teacher(ENSEMBLE)
+    assert t.depth_kind == "scale" and t.needs_ground_truth and t.metadata()["is_oracle"]
+    out = t.predict(batch["img"], depth=gt, valid=valid)
+    both = out.mask & out.extras["members_mask"].all(0) & valid
+    ens = _log_error(out.depth, out.mask, gt, valid)[both]
+    for label, mask in zip(out.extras["members_aligned"], out.extras["members_mask"]):
+        assert ens.mean() < _log_error(label, mask, gt, valid)[both].mean()
+    conf = out.extras["confidence"][both]
+    assert ((conf > 0) & (conf <= 1)).all()
+    low = conf < conf.median()
+    assert ens[low].mean() > 1.5 * ens[~low].mean()  # disagreement flags the larger errors
+    # members are aligned to the first: the aligned labels share its scale
+    first = out.extras["members_aligned"][0][both]
+    for label in out.extras["members_aligned"][1:]:
+        assert abs(float(torch.median(torch.log(label[both] / first)))) < 0.01
+
+
+def test_ensemble_alignment_rules():
+    from fin3r.teachers.ensemble import align_to_reference, alignment_between
+
+    assert alignment_between("scale", "metric") == "scale"
+    assert alignment_between("metric", "affine") == "affine"
+    assert alignment_between("affine_disparity", "scale") == "affine_disparity"
+    with pytest.raises(InputError, match="cannot be aligned"):
+        alignment_between("scale", "affine_disparity")
+    depth = 1.0 + torch.rand(1, 8, 8) * 4
+    mask = torch.ones(1, 8, 8, dtype=torch.bool)
+    disparity = 3.0 / depth + 0.2  # the same scene as an affine disparity
+    aligned, m = align_to_reference(depth * 7, mask, "scale", disparity, mask, "affine_disparity")
+    assert torch.allclose(aligned, disparity, atol=1e-5) and m.all()
+    aligned, _ = align_to_reference(depth * 0.3, mask, "metric", depth, mask, "scale")
+    assert torch.allclose(aligned, depth, rtol=1e-5)
+
+
+def test_ensemble_label_cache_and_loss_weight(tmp_path):
+    """``fin3r label --teacher ensemble:...`` stores the confidence; LabelledImages reads it (1 for
+    entries without one); the distillation loss weights pixels by it."""
+    from fin3r.cli import main
+    from fin3r.data.labels import LabelledImages, read_label
+    from fin3r.data.world import export_world_images
+    from fin3r.losses import distillation_loss
+
+    export_world_images(tmp_path / "imgs", 2, 32, 48, seed=0, split="test")
+    assert main(["label", "--teacher", ENSEMBLE, "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "l")]) == 0
+    assert main(["label", "--teacher", "oracle", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "o")]) == 0
+    ds = LabelledImages(tmp_path / "imgs", tmp_path / "l", 32, 48)
+    plain = LabelledImages(tmp_path / "imgs", tmp_path / "o", 32, 48)
+    s, p = ds[0], plain[0]
+    _, mask, meta = read_label(tmp_path / "l", s["key"])
+    assert meta["conf_file"].endswith(".conf.png") and meta["teacher"].startswith("ensemble(oracle")
+    assert s["teacher_conf"].shape == (32, 48) and (s["teacher_conf"][s["valid"]] < 1).any()
+    assert torch.equal(p["teacher_conf"], torch.ones(32, 48))
+    # a pixel-weighted loss: zero weight on a corrupted region removes its error
+    gt = s["depth"][None].clone()
+    valid = s["valid"][None]
+    student = gt.clone()
+    student[:, :, :24] *= 3.0
+    conf = torch.ones_like(gt)
+    w = torch.ones_like(gt)
+    w[:, :, :24] = 0
+    full, _ = distillation_loss(student, conf, gt, valid, "scale", far_quantile=None, align="scale")
+    weighted, _ = distillation_loss(student, conf, gt, valid, "scale", far_quantile=None, teacher_weight=w)
+    ref, _ = distillation_loss(gt, conf, gt, valid, "scale", far_quantile=None)
+    assert float(full) > float(ref) + 0.05
+    assert torch.allclose(weighted, ref, atol=1e-5)  # the zero-weight region neither counts nor bends the fit

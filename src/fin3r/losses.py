@@ -102,6 +102,7 @@ def distillation_loss(
     min_valid: int = 100,
     far_quantile: float | None = 0.98,
     scale_clamp: tuple[float, float] = (1e-4, 1e4),
+    teacher_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Confidence-weighted, alignment-invariant distillation of a teacher's depth (training.md §C.4-C.5).
 
@@ -119,6 +120,11 @@ def distillation_loss(
         far_quantile: per image, drop the teacher's farthest pixels above this quantile (sky leaks);
             ``None`` keeps all.
         scale_clamp: the solved scale is clamped into this range (degenerate images).
+        teacher_weight: optional ``(B, H, W)`` per-pixel weight in [0, 1] of the teacher's label
+            (the ensemble teacher's agreement, ``<key>.conf.png`` in the label cache): each
+            image's loss is the ``teacher_weight``-weighted mean of its pixel terms, so pixels
+            where the teachers disagree count less; the closed-form alignment is weighted alike.
+            ``None`` = all 1 (the paper).
 
     Returns:
         ``(loss, stats)``: a scalar (0 attached to the graph when every image is skipped) and
@@ -171,18 +177,28 @@ def distillation_loss(
         mu = torch.where(used & (mu > 0), mu, torch.ones_like(mu))
     target_n = target / mu.view(-1, 1, 1)
     student_m = torch.where(valid, student, torch.zeros_like(student))
+    pixel_w = None
+    if teacher_weight is not None:
+        if teacher_weight.shape != depth.shape:
+            raise InputError(f"distillation_loss: teacher_weight {tuple(teacher_weight.shape)} must be {tuple(depth.shape)}")
+        pixel_w = torch.nan_to_num(_fp32(teacher_weight.detach()).to(depth.dtype), nan=0.0).clamp(0, 1)
+        pixel_w = torch.where(valid, pixel_w, torch.zeros_like(pixel_w))
 
     if use_affine:
-        scale, shift = align_scale_shift(student_m, target_n, valid)
+        scale, shift = align_scale_shift(student_m, target_n, valid, pixel_w)
         aligned = scale.view(-1, 1, 1) * student_m + shift.view(-1, 1, 1)
     else:
-        scale = align_scale(student_m, target_n, valid).clamp(*scale_clamp)
+        scale = align_scale(student_m, target_n, valid, pixel_w).clamp(*scale_clamp)
         aligned = scale.view(-1, 1, 1) * student_m
 
     residual = _rho(aligned - target_n, rho)
     conf_safe = torch.where(valid, conf, torch.ones_like(conf))
     per_pixel = conf_safe * residual - lam * torch.log(conf_safe)
-    per_image, _ = masked_mean(per_pixel, valid, dims)
+    if pixel_w is None:
+        per_image, _ = masked_mean(per_pixel, valid, dims)
+    else:
+        per_pixel = torch.where(valid, per_pixel, torch.zeros_like(per_pixel))
+        per_image = (pixel_w * per_pixel).sum(dims) / pixel_w.sum(dims).clamp_min(1e-6)
     n_used = int(used.sum())
     if n_used == 0:
         loss = (depth.sum() + conf.sum()) * 0.0

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             meta.update(image=ref.describe(), image_size=list(orig_hw), source_shard=f"{i}/{n}")
             if "intrinsics" in pred.extras:
                 meta["intrinsics"] = pred.extras["intrinsics"][b].tolist()
-            write_label(out, ref.key, pred.depth[b], pred.mask[b], meta, fmt=args.format)
+            channels = {k: pred.extras[k][b] for k in ("normals", "confidence") if k in pred.extras}
+            write_label(out, ref.key, pred.depth[b], pred.mask[b], meta, fmt=args.format, **channels)
             labelled += 1
 
     batch: list = []

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from fin3r.data.label_channels import read_label_confidence, write_label_channels
 from fin3r.io import atomic_write
 from fin3r.errors import InputError
 
@@ -110,10 +111,11 @@ def label_paths(labels_root: str | Path, key: str) -> dict[str, Path]:
 
 
 def write_label(labels_root: str | Path, key: str, depth: Any, mask: Any, meta: dict[str, Any] | None = None,
-                fmt: str = "png") -> Path:
+                fmt: str = "png", normals: Any = None, confidence: Any = None) -> Path:
     """Store one label (depth ``(H, W)``, mask ``(H, W)``) under ``key``; returns the sidecar
     path. ``meta`` (teacher metadata, image path, ...) goes into the sidecar; ``fmt`` is
-    ``"png"`` (16-bit log) or ``"npy"`` (float16)."""
+    ``"png"`` (16-bit log) or ``"npy"`` (float16). Optional channels (``normals (H, W, 3)``,
+    ``confidence (H, W)``) go to :mod:`fin3r.data.label_channels` files named in the sidecar."""
     depth = torch.as_tensor(depth).detach().cpu().float().numpy()
     mask = torch.as_tensor(mask).detach().cpu().bool().numpy() & np.isfinite(depth) & (depth > 0)
     if depth.ndim != 2 or mask.shape != depth.shape:
@@ -142,6 +144,7 @@ def write_label(labels_root: str | Path, key: str, depth: Any, mask: Any, meta: 
         raise InputError(f"label format must be 'png' or 'npy', got {fmt!r}")
     atomic_write(paths["mask"], lambda t: Image.fromarray(mask.astype(np.uint8) * 255).save(t, format="PNG"))
     sidecar["mask_file"] = paths["mask"].name
+    sidecar.update(write_label_channels(paths["mask"], mask, normals=normals, confidence=confidence))
     atomic_write(paths["json"], lambda t: Path(t).write_text(json.dumps(sidecar, indent=1, default=str)))
     return paths["json"]
 
@@ -212,8 +215,9 @@ class LabelledImages(torch.utils.data.Dataset):
     found bad while reading (corrupt image or label, sizes that disagree) is logged with its
     path, recorded in ``errors`` and replaced by the next good sample (``strict``: raised), so
     an epoch never dies and never yields a wrong sample.
-    Sample: the contract view (``depth_kind`` from the sidecar) plus ``key``, ``path`` and
-    ``K_known`` (False: ``K`` is :func:`nominal_intrinsics` of the label image, unless the
+    Sample: the contract view (``depth_kind`` from the sidecar) plus ``key``, ``path``,
+    ``teacher_conf (H, W)`` (the label's stored confidence, 1 where the entry has none; the
+    distillation loss weights pixels by it) and ``K_known`` (False: ``K`` is :func:`nominal_intrinsics` of the label image, unless the
     teacher stored normalised intrinsics).
     """
 
@@ -272,8 +276,11 @@ class LabelledImages(torch.utils.data.Dataset):
             K[0, 2], K[1, 2] = K[0, 2] - 0.5, K[1, 2] - 0.5  # normalised (0.5 = image centre) -> pixel centres
         else:
             K = nominal_intrinsics(H, W)
+        conf = read_label_confidence(label_paths(self.labels_root, ref.key)["mask"], meta)
+        conf = torch.ones(H, W) if conf is None else torch.from_numpy(conf)  # entries without one: weight 1
         view = make_view(x[0], torch.from_numpy(depth), K, None, self.source, meta.get("depth_kind", "scale"),
-                         valid=torch.from_numpy(mask), key=ref.key, path=ref.describe(), K_known=K_norm is not None)
+                         valid=torch.from_numpy(mask), key=ref.key, path=ref.describe(), K_known=K_norm is not None,
+                         teacher_conf=conf)
         g = None
         if self.crop == "random":
             g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % (2**63))

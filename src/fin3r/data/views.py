@@ -48,7 +48,7 @@ __all__ = [
 
 DEPTH_KINDS = ("metric", "scale", "affine", "affine_disparity")
 _IMAGE_KEYS = ("img",)
-_PIXEL_KEYS = ("depth", "valid", "normals", "mask")  # per-pixel fields resampled by nearest
+_PIXEL_KEYS = ("depth", "valid", "normals", "mask", "teacher_conf")  # per-pixel fields resampled by nearest
 
 
 def make_view(

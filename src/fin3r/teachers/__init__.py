@@ -4,9 +4,11 @@
 
 - ``"oracle"`` or ``"oracle:noise=0.02,blur=1.5,pool=4,seed=0,scale=0.5-2"`` -- the synthetic
   world's ground truth (NOT a model; see :mod:`fin3r.teachers.oracle`);
-- ``"moge:<checkpoint.pt>"`` -- MoGe-1/2 (extra ``fin3r[moge]``);
+- ``"moge:<model.pt>[#options]"`` -- MoGe-1/2 through MoGe's package (:mod:`fin3r.teachers.moge`);
 - ``"hf:<folder>"`` (options ``#kind=...,size=HxW``) -- a transformers depth model saved locally
-  (extra ``fin3r[hf]``).
+  (extra ``fin3r[hf]``); ``"depthpro:<folder>"`` -- the same for a Depth Pro folder (checked);
+- ``"ensemble:<spec>,<spec>,..."`` -- the per-pixel median of aligned members with an agreement
+  confidence (:mod:`fin3r.teachers.ensemble`).
 """
 
 from __future__ import annotations
@@ -48,15 +50,18 @@ def load_teacher(spec: str, device: Any = "cpu") -> Teacher:
 
         return OracleTeacher(**_parse_oracle(rest))
     if kind == "moge":
-        from fin3r.teachers.moge import MoGeTeacher
+        from fin3r.teachers.moge import moge_teacher_from_spec
 
-        if not rest:
-            raise InputError("moge teacher: give the checkpoint, moge:<path/to/model.pt>")
-        return MoGeTeacher(rest, device=device)
-    if kind == "hf":
+        return moge_teacher_from_spec(rest, device=device)
+    if kind in ("hf", "depthpro"):
         from fin3r.teachers.hf_depth import hf_teacher_from_spec
 
         if not rest:
-            raise InputError("hf teacher: give the model folder, hf:<folder>")
-        return hf_teacher_from_spec(rest, device=device)
-    raise InputError(f"unknown teacher {spec!r}: use oracle[:opts], moge:<checkpoint>, hf:<folder>")
+            raise InputError(f"{kind} teacher: give the model folder, {kind}:<folder>")
+        return hf_teacher_from_spec(rest, device=device, require_model_type="depth_pro" if kind == "depthpro" else None)
+    if kind == "ensemble":
+        from fin3r.teachers.ensemble import ensemble_from_spec
+
+        return ensemble_from_spec(rest, lambda member: load_teacher(member, device=device))
+    raise InputError(f"unknown teacher {spec!r}: use oracle[:opts], moge:<model.pt>, hf:<folder>, depthpro:<folder>, "
+                     "ensemble:<spec>,<spec>,...")

@@ -12,8 +12,16 @@ with ``hf:<folder>#kind=<depth_kind>``:
   predict *relative inverse depth*: ``disparity = a / z + b`` with unknown ``a > 0`` and ``b``.
   The teacher returns that disparity with ``depth_kind="affine_disparity"`` (see
   :mod:`fin3r.teachers.base`); pixels with disparity <= 0 (infinitely far: sky) are masked out.
-- Depth Anything ``depth_estimation_type="metric"``, ZoeDepth, GLPN, Depth Pro predict metric
-  depth: ``depth_kind="metric"``.
+- Depth Anything ``depth_estimation_type="metric"``, ZoeDepth, GLPN predict metric depth:
+  ``depth_kind="metric"``.
+- Depth Pro (``DepthProForDepthEstimation``, ``depthpro:<folder>`` checks the folder is one)
+  predicts a canonical inverse depth and, with its FoV head (``use_fov_model``), the horizontal
+  field of view; the label is what transformers' ``DepthProImageProcessor.
+  post_process_depth_estimation`` returns at the input size: ``1 / clamp(resize(pred * W / f))``
+  with ``f = W / 2 / tan(fov / 2)``, i.e. metric depth (``"metric"``). Without the FoV head the
+  focal is unknown and the same formula without it is depth up to scale (``"scale"``). Its
+  processor resizes to a fixed square (1536 x 1536 for the released model, no aspect kept,
+  bilinear without antialiasing) after normalising with mean = std = 0.5.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ from torch import Tensor
 
 from fin3r.errors import CheckpointError, Fin3rError, InputError
 from fin3r.teachers.base import TEACHER_DEPTH_KINDS, Teacher, TeacherOutput
+from fin3r.teachers.spec import parse_options, parse_size, split_path_options
 
-_METRIC_TYPES = {"zoedepth", "glpn", "depth_pro"}
+_METRIC_TYPES = {"zoedepth", "glpn"}
 _DISPARITY_TYPES = {"dpt"}
 
 
@@ -39,6 +48,8 @@ def _kind_from_config(config: Any) -> str:
         return "metric" if getattr(config, "depth_estimation_type", "relative") == "metric" else "affine_disparity"
     if model_type in _METRIC_TYPES:
         return "metric"
+    if model_type == "depth_pro":
+        return "metric" if getattr(config, "use_fov_model", False) else "scale"
     if model_type in _DISPARITY_TYPES:
         return "affine_disparity"
     raise Fin3rError(f"hf teacher: cannot tell whether a {model_type!r} model predicts metric depth or relative "
@@ -72,7 +83,7 @@ class HFDepthTeacher(Teacher):
     """
 
     def __init__(self, folder: str | Path, depth_kind: str | None = None, size: tuple[int, int] | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", require_model_type: str | None = None):
         try:
             import transformers
             from transformers import AutoModelForDepthEstimation
@@ -85,8 +96,12 @@ class HFDepthTeacher(Teacher):
             self.model = AutoModelForDepthEstimation.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # transformers raises many types for unreadable folders
             raise CheckpointError(f"hf teacher: cannot load a depth-estimation model from {folder}: {e}") from e
+        model_type = getattr(self.model.config, "model_type", "")
+        if require_model_type is not None and model_type != require_model_type:
+            raise CheckpointError(f"hf teacher: {folder} holds a {model_type!r} model, not {require_model_type!r}")
         self.model.eval().to(device)
         self.device = torch.device(device)
+        self.is_depth_pro = model_type == "depth_pro"
         self.depth_kind = depth_kind or _kind_from_config(self.model.config)
         if self.depth_kind not in TEACHER_DEPTH_KINDS:
             raise InputError(f"hf teacher: depth kind {self.depth_kind!r} is not one of {TEACHER_DEPTH_KINDS}")
@@ -98,13 +113,17 @@ class HFDepthTeacher(Teacher):
             s = {"height": s, "width": s}
         self.size = tuple(size) if size else (int(s.get("height", s.get("shortest_edge", 518))),
                                                int(s.get("width", s.get("shortest_edge", 518))))
-        self.keep_aspect = bool(proc.get("keep_aspect_ratio", True))
+        self.keep_aspect = bool(proc.get("keep_aspect_ratio", not self.is_depth_pro))
+        # PIL resample codes: 2 bilinear, 3 bicubic (the DPT / Depth Anything default); Depth Pro's
+        # processor resizes tensors without antialiasing
+        self.resample = "bilinear" if int(proc.get("resample", 2 if self.is_depth_pro else 3)) == 2 else "bicubic"
+        self.antialias = not self.is_depth_pro
         patch = getattr(getattr(self.model.config, "backbone_config", None), "patch_size", None)
-        self.multiple = int(proc.get("ensure_multiple_of", patch or 14) or 1)
+        self.multiple = 1 if self.is_depth_pro else int(proc.get("ensure_multiple_of", patch or 14) or 1)
         self.mean = torch.tensor(proc.get("image_mean", [0.485, 0.456, 0.406]), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(proc.get("image_std", [0.229, 0.224, 0.225]), dtype=torch.float32).view(1, 3, 1, 1)
         self.do_normalize = bool(proc.get("do_normalize", True))
-        self.name = f"hf:{folder.resolve().name}"
+        self.name = f"{'depthpro' if self.is_depth_pro else 'hf'}:{folder.resolve().name}"
         self.version = f"{self.model.config.model_type}/transformers-{transformers.__version__}"
         self.folder = folder
 
@@ -118,36 +137,50 @@ class HFDepthTeacher(Teacher):
     def _predict(self, img: Tensor, **_: Any) -> TeacherOutput:
         B, _, H, W = img.shape
         h, w = _resize_target(H, W, self.size, self.keep_aspect, self.multiple)
-        x = F.interpolate(img.to(self.device), size=(h, w), mode="bicubic", align_corners=False,
-                          antialias=h < H or w < W).clamp(0, 1)
+        x = F.interpolate(img.to(self.device), size=(h, w), mode=self.resample, align_corners=False,
+                          antialias=self.antialias and (h < H or w < W)).clamp(0, 1)
         if self.do_normalize:
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        pred = self.model(pixel_values=x).predicted_depth
+        out = self.model(pixel_values=x)
+        pred = out.predicted_depth
         if pred.ndim == 4:
             pred = pred[:, 0]
-        pred = F.interpolate(pred[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+        if self.is_depth_pro:
+            pred = _depth_pro_depth(pred.float(), getattr(out, "field_of_view", None), H, W)
+        else:
+            pred = F.interpolate(pred[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)[:, 0]
         mask = torch.isfinite(pred) & (pred > 0)
         pred = torch.where(mask, pred, torch.zeros_like(pred)).cpu()
         return TeacherOutput(pred, mask.cpu(), self.depth_kind)
 
 
-def parse_hf_spec(rest: str) -> tuple[str, dict[str, str]]:
-    """``"<folder>#kind=metric,size=384x512"`` -> (folder, {"kind": "metric", "size": "384x512"})."""
-    folder, _, opts = rest.partition("#")
-    params = dict(p.split("=", 1) for p in opts.split(",") if "=" in p)
-    return folder, params
+def _depth_pro_depth(pred: Tensor, fov_deg: Tensor | None, H: int, W: int) -> Tensor:
+    """Depth Pro's canonical inverse depth ``(B, h, w)`` -> depth ``(B, H, W)``, as transformers'
+    ``post_process_depth_estimation`` computes it at target size ``(H, W)``."""
+    if fov_deg is not None:
+        focal = 0.5 * W / torch.tan(0.5 * torch.deg2rad(fov_deg.float().reshape(-1)))
+        pred = pred * (W / focal).view(-1, 1, 1)
+    pred = F.interpolate(pred[:, None], size=(H, W), mode="bilinear")[:, 0]
+    return 1.0 / pred.clamp(1e-4, 1e4)
 
 
-def hf_teacher_from_spec(rest: str, device: str | torch.device = "cpu") -> HFDepthTeacher:
-    folder, params = parse_hf_spec(rest)
-    size = None
-    if "size" in params:
-        hh, _, ww = params["size"].partition("x")
-        size = (int(hh), int(ww or hh))
-    unknown = set(params) - {"kind", "size"}
-    if unknown:
-        raise InputError(f"hf teacher: unknown option(s) {sorted(unknown)} (kind=, size=HxW)")
-    return HFDepthTeacher(folder, depth_kind=params.get("kind"), size=size, device=device)
+def _depth_kind(text: str) -> str:
+    if text not in TEACHER_DEPTH_KINDS:
+        raise ValueError(f"kind must be one of {TEACHER_DEPTH_KINDS}")
+    return text
 
 
-__all__ = ["HFDepthTeacher", "hf_teacher_from_spec", "parse_hf_spec"]
+HF_OPTIONS = {"kind": _depth_kind, "size": parse_size}
+
+
+def hf_teacher_from_spec(rest: str, device: str | torch.device = "cpu",
+                         require_model_type: str | None = None) -> HFDepthTeacher:
+    """``"<folder>[#kind=<depth_kind>,size=HxW]"``; ``require_model_type`` (``depthpro:``) checks
+    the folder's model type."""
+    folder, opts = split_path_options(rest, "hf")
+    o = parse_options(opts, HF_OPTIONS, "hf")
+    return HFDepthTeacher(folder, depth_kind=o.get("kind"), size=o.get("size"), device=device,
+                          require_model_type=require_model_type)
+
+
+__all__ = ["HFDepthTeacher", "hf_teacher_from_spec"]

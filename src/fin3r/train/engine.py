@@ -306,6 +306,7 @@ class _LossModule(nn.Module):
             loss, stats = mono_distillation_loss(
                 pred, batch["depth"], batch["valid"], kinds.pop(), lam=c.distill.lam, rho=c.distill.rho,
                 align=c.distill.align, min_valid=c.distill.min_valid, far_quantile=c.distill.far_quantile,
+                teacher_weight=batch.get("teacher_conf"),
             )
             return c.distill.weight * loss, stats
         pred = self.model.predict_views(batch["img"])
