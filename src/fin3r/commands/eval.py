@@ -30,6 +30,7 @@ the paper-style table (one row per model, each row's difference to the first) in
 examples:
   fin3r eval world --out data/world_eval
   fin3r eval monodepth --model dust3r_tiny --root data/world_eval --benchmarks world
+  fin3r eval monodepth --teacher moge:ckpts/moge-2-vitl/model.pt --root data/eval --out eval/moge2
   fin3r eval monodepth --model dust3r_512_dpt --checkpoint ckpts/DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth \\
       --adapter runs/dust3r/adapter.safetensors --root data/eval --out eval/dust3r_fin3r
   fin3r eval relpose --model mast3r_tiny --root data/world_eval --benchmark world_pairs --solver essential
@@ -41,8 +42,8 @@ examples:
 TASKS = ("monodepth", "relpose", "mvdepth", "pointmap", "videodepth", "world")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="registry name (e.g. dust3r_512_dpt), fin3r .safetensors, "
+def _model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required, help="registry name (e.g. dust3r_512_dpt), fin3r .safetensors, "
                    "official .pth or HF folder")
     p.add_argument("--checkpoint", default=None, help="weights for a registry name (official or fin3r format)")
     p.add_argument("--adapter", default=None, help="Fin3R adapter (.safetensors from `fin3r train`, or a released "
@@ -75,8 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_task", metavar="TASK")
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("monodepth", help="MoGe monocular benchmarks (Table 1)", formatter_class=fmt,
-                       description="Monocular geometry on MoGe's benchmark layout.")
-    _model_args(p)
+                       description="Monocular geometry on MoGe's benchmark layout. --teacher scores a monocular "
+                                   "teacher (moge:, hf:, depthpro:, ensemble:) instead of a model, same protocol.")
+    _model_args(p, model_required=False)
+    p.add_argument("--teacher", default=None, metavar="SPEC",
+                   help="evaluate a teacher instead of --model (moge:<model.pt>, hf:<folder>, depthpro:<folder>, "
+                        "ensemble:<spec>,<spec>; docs/data.md)")
     p.add_argument("--benchmarks", default=None,
                    help="comma-separated names (NYUv2,KITTI,ETH3D,iBims-1,DDAD,DIODE,HAMMER,GSO,Sintel,Spring, "
                         "world); 'paper' = the seven of Table 1 (default)")
@@ -229,8 +234,19 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{task}: {f}")
         return 0
 
-    model, tag = _load_model(args)
-    out = Path(args.out or Path("eval_out") / tag.replace("/", "_"))
+    if getattr(args, "teacher", None):
+        if args.model or args.adapter or args.checkpoint:
+            raise Fin3rError("--teacher evaluates a teacher: leave out --model/--checkpoint/--adapter")
+        from fin3r.teachers import load_teacher
+        from fin3r.teachers.evaluation import teacher_predictor
+
+        teacher = load_teacher(args.teacher, device=args.device)
+        model, tag = teacher_predictor(teacher), teacher.name
+    elif not args.model:
+        raise Fin3rError(f"fin3r eval {args.eval_task}: give --model" + (" or --teacher" if args.eval_task == "monodepth" else ""))
+    else:
+        model, tag = _load_model(args)
+    out = Path(args.out or Path("eval_out") / tag.replace("/", "_").replace(":", "_"))
     progress = not args.quiet
     if args.eval_task == "monodepth":
         from fin3r.eval.monodepth import PAPER_BENCHMARKS, MonodepthConfig, evaluate_monodepth
