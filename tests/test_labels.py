@@ -145,9 +145,9 @@ def test_labelled_images_dataset(tmp_path, caplog):
 def test_label_from_tar_shard_with_hf_teacher(tmp_path):
     if importlib.util.find_spec("transformers") is None:
         pytest.skip("transformers not installed (optional extra fin3r[hf])")
-    from test_teachers import _save_tiny_depth_anything
+    from fin3r.teachers.tiny import save_tiny_depth_anything
 
-    _save_tiny_depth_anything(tmp_path / "da")
+    save_tiny_depth_anything(tmp_path / "da")
     shard = tmp_path / "sa_000000.tar"
     with tarfile.open(shard, "w") as tar:
         for k in range(2):

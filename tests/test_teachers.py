@@ -10,6 +10,7 @@ import torch
 
 from fin3r.errors import Fin3rError, InputError
 from fin3r.teachers import TeacherOutput, load_teacher
+from fin3r.teachers.tiny import save_tiny_depth_anything, save_tiny_depth_pro
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
@@ -76,25 +77,9 @@ def test_moge_missing_names_the_install(tmp_path, monkeypatch):
         load_teacher(f"moge:{tmp_path / 'model.pt'}")
 
 
-def _save_tiny_depth_anything(folder, kind="relative"):
-    from transformers import AutoModelForDepthEstimation, DepthAnythingConfig, Dinov2Config, DPTImageProcessor
-
-    torch.manual_seed(0)
-    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                            patch_size=14, image_size=28, out_features=["stage1", "stage2"],
-                            reshape_hidden_states=False)
-    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16],
-                                 reassemble_factors=[2, 1], fusion_hidden_size=8, head_hidden_size=4, patch_size=14,
-                                 depth_estimation_type=kind, max_depth=20)
-    model = AutoModelForDepthEstimation.from_config(config)
-    model.save_pretrained(folder)
-    DPTImageProcessor(size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14).save_pretrained(folder)
-    return model
-
-
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers not installed (optional extra fin3r[hf])")
 def test_hf_relative_depth_anything_is_affine_disparity(tmp_path):
-    model = _save_tiny_depth_anything(tmp_path / "da")
+    model = save_tiny_depth_anything(tmp_path / "da")
     t = load_teacher(f"hf:{tmp_path / 'da'}")
     assert t.depth_kind == "affine_disparity" and t.name == "hf:da"
     img = torch.rand(2, 3, 30, 40)
@@ -117,7 +102,7 @@ def test_hf_relative_depth_anything_is_affine_disparity(tmp_path):
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers not installed (optional extra fin3r[hf])")
 def test_hf_metric_and_bad_folder(tmp_path):
-    _save_tiny_depth_anything(tmp_path / "metric", kind="metric")
+    save_tiny_depth_anything(tmp_path / "metric", kind="metric")
     t = load_teacher(f"hf:{tmp_path / 'metric'}")
     assert t.depth_kind == "metric"
     out = t.predict(torch.rand(1, 3, 28, 28))
@@ -127,25 +112,6 @@ def test_hf_metric_and_bad_folder(tmp_path):
     assert math.isfinite(float(out.depth.sum()))
 
 
-def _save_tiny_depth_pro(folder, fov=True):
-    from transformers import DepthProConfig, DepthProForDepthEstimation
-
-    tiny_vit = {"model_type": "dinov2", "num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 1,
-                "patch_size": 4}
-    config = DepthProConfig(patch_size=16, fusion_hidden_size=16, intermediate_hook_ids=[1, 0],
-                            intermediate_feature_dims=[10, 8], scaled_images_ratios=[0.5, 1.0],
-                            scaled_images_overlap_ratios=[0.0, 0.2], scaled_images_feature_dims=[12, 12],
-                            use_fov_model=fov, num_fov_head_layers=1, image_model_config=dict(tiny_vit),
-                            patch_model_config=dict(tiny_vit), fov_model_config=dict(tiny_vit))
-    torch.manual_seed(0)
-    model = DepthProForDepthEstimation(config).eval()
-    model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(
-        '{"image_processor_type": "DepthProImageProcessor", "size": {"height": 32, "width": 32}, "resample": 2, '
-        '"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_normalize": true}')
-    return model
-
-
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers not installed (optional extra fin3r[hf])")
 def test_depth_pro_is_transformers_post_processing(tmp_path):
     """``depthpro:<folder>`` = the model on the processor's square input, then transformers'
@@ -153,7 +119,7 @@ def test_depth_pro_is_transformers_post_processing(tmp_path):
     imports torchvision, so its three steps are written out here: ``pred * W / f`` with
     ``f = W / 2 / tan(fov / 2)``, bilinear resize, ``1 / clamp(., 1e-4, 1e4)``); metric with the
     FoV head."""
-    model = _save_tiny_depth_pro(tmp_path / "dp")
+    model = save_tiny_depth_pro(tmp_path / "dp")
     t = load_teacher(f"depthpro:{tmp_path / 'dp'}")
     assert t.depth_kind == "metric" and t.name == "depthpro:dp"
     img = torch.rand(2, 3, 30, 40)
@@ -170,9 +136,9 @@ def test_depth_pro_is_transformers_post_processing(tmp_path):
     # rtol: the processor normalises before resizing, the teacher after (equal up to float rounding,
     # which the random network and the inverse amplify)
     assert torch.allclose(out.depth, ref, rtol=1e-3) and out.mask.all()
-    _save_tiny_depth_pro(tmp_path / "nofov", fov=False)
+    save_tiny_depth_pro(tmp_path / "nofov", fov=False)
     assert load_teacher(f"depthpro:{tmp_path / 'nofov'}").depth_kind == "scale"  # focal unknown
-    _save_tiny_depth_anything(tmp_path / "da")
+    save_tiny_depth_anything(tmp_path / "da")
     with pytest.raises(Fin3rError, match="not 'depth_pro'"):
         load_teacher(f"depthpro:{tmp_path / 'da'}")
     with pytest.raises(InputError, match="unknown option"):
@@ -260,3 +226,18 @@ def test_ensemble_label_cache_and_loss_weight(tmp_path):
     ref, _ = distillation_loss(gt, conf, gt, valid, "scale", far_quantile=None)
     assert float(full) > float(ref) + 0.05
     assert torch.allclose(weighted, ref, atol=1e-5)  # the zero-weight region neither counts nor bends the fit
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers not installed (optional extra fin3r[hf])")
+def test_hf_teacher_bf16_autocast_close_to_fp32(tmp_path):
+    save_tiny_depth_anything(tmp_path / "da")
+    t = load_teacher(f"hf:{tmp_path / 'da'}")
+    img = torch.rand(2, 3, 28, 28)
+    ref = t.predict(img)
+    with pytest.raises(InputError):
+        t.set_precision("fp8")
+    low = t.set_precision("bf16").predict(img)
+    assert low.depth.dtype == torch.float32 and t.metadata()["precision"] == "bf16"
+    m = ref.mask & low.mask
+    assert not torch.equal(low.depth, ref.depth)  # bf16 did run
+    assert torch.median((low.depth[m] - ref.depth[m]).abs() / ref.depth[m].abs().clamp_min(1e-3)) < 0.05

@@ -37,12 +37,12 @@ def test_predictor_keys_and_fill_by_kind():
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_eval_monodepth_teacher_cli(tmp_path, capsys):
-    from test_teachers import _save_tiny_depth_anything
+    from fin3r.teachers.tiny import save_tiny_depth_anything
 
     data = str(tmp_path / "data")
     assert main(["eval", "world", "--out", data, "--num-images", "2", "--num-pairs", "1", "--num-scenes", "1",
                  "--views-per-scene", "2", "--height", "48", "--width", "64"]) == 0
-    _save_tiny_depth_anything(tmp_path / "da")
+    save_tiny_depth_anything(tmp_path / "da")
     out = tmp_path / "ev"
     assert main(["eval", "monodepth", "--teacher", f"hf:{tmp_path / 'da'}", "--root", data, "--benchmarks", "world",
                  "--quiet", "--out", str(out)]) == 0

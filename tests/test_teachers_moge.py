@@ -1,13 +1,12 @@
 """The MoGe teacher against MoGe's real package (``dlr-moge``, installed by scripts/install_moge.sh).
 
 Tiny random MoGe-1 and MoGe-2 models are built with MoGe's own classes (``moge.model.v1/v2
-.MoGeModel``) on a tiny DINOv2 backbone built with MoGe's own ``DinoVisionTransformer`` (registered
-in MoGe's backbone table under a test name: the table only holds the full-size ViTs, and
-``pretrained=False`` builds without any download), saved in MoGe's checkpoint format, labelled
-through ``fin3r label``, and compared with ``MoGeModel.infer`` on the same image.
+.MoGeModel``) on a tiny DINOv2 built with MoGe's own ``DinoVisionTransformer`` (``fin3r.teachers
+.tiny``; ``pretrained=False``: no download), saved in MoGe's checkpoint format, labelled through
+``fin3r label``, and compared with ``MoGeModel.infer`` of the same file loaded by MoGe's own
+``from_pretrained``, on the same image.
 """
 
-import functools
 import importlib.util
 import json
 
@@ -21,75 +20,25 @@ from fin3r.data.label_channels import NORMAL_CODE_ERROR, channel_path, read_labe
 from fin3r.data.labels import label_paths, log_depth_error_bound, read_label
 from fin3r.errors import Fin3rError
 from fin3r.teachers import load_teacher
+from fin3r.teachers.tiny import register_tiny_moge_backbone, save_tiny_moge, tiny_moge_config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("moge") is None,
                                 reason="MoGe's package is not installed (scripts/install_moge.sh)")
 
-TINY_BACKBONE = "fin3r_test_dinov2_tiny14"
-
-
 @pytest.fixture
-def tiny_backbone(monkeypatch):
-    """Register a 2-block, 32-wide DINOv2 (MoGe's own class) as a backbone name MoGe resolves."""
-    from moge.model.dinov2.hub import backbones
-    from moge.model.dinov2.layers import MemEffAttention, NestedTensorBlock
-    from moge.model.dinov2.models.vision_transformer import DinoVisionTransformer
-
-    def build(pretrained=False, **kwargs):
-        assert not pretrained
-        return DinoVisionTransformer(img_size=518, patch_size=14, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2,
-                                     init_values=1.0, block_chunks=0,
-                                     block_fn=functools.partial(NestedTensorBlock, attn_class=MemEffAttention), **kwargs)
-
-    monkeypatch.setattr(backbones, TINY_BACKBONE, build, raising=False)
-    return TINY_BACKBONE
-
-
-def moge1_config():
-    return {"encoder": TINY_BACKBONE, "intermediate_layers": 2, "dim_proj": 16, "dim_upsample": [16, 8, 8],
-            "res_block_norm": "layer_norm", "last_conv_channels": 8, "num_tokens_range": [12, 30],
-            "remap_output": "exp"}
-
-
-def moge2_config(normals=True, metric=True):
-    def stack(dim_out):  # a 5-level ConvStack head on the neck's features (16, 16, 8, 8, 8 channels)
-        return {"dim_in": [None] * 5, "dim_res_blocks": [16, 16, 8, 8, 8], "dim_out": [None] * 4 + [dim_out],
-                "resamplers": ["bilinear"] * 4, "res_block_hidden_norm": "layer_norm"}
-
-    config = {
-        "encoder": {"backbone": TINY_BACKBONE, "intermediate_layers": [0, 1], "dim_out": 16},
-        "neck": {"dim_in": [18, 2, 2, 2, 2], "dim_res_blocks": [16, 16, 8, 8, 8], "dim_out": [None] * 5,
-                 "resamplers": ["bilinear"] * 4, "res_block_hidden_norm": "layer_norm"},
-        "points_head": stack(3), "mask_head": stack(1),
-        "remap_output": "exp", "num_tokens_range": [12, 30],
-    }
-    if normals:
-        config["normal_head"] = stack(3)
-    if metric:
-        config["scale_head"] = {"dims": [32, 16, 1]}
-    return config
+def tiny_backbone():
+    """MoGe's table of backbones lists only the full-size ViTs: add the tiny one (MoGe's own class)."""
+    return register_tiny_moge_backbone()
 
 
 def save_moge(path, version, config, seed=0):
-    """A random MoGe model of MoGe's own class, saved as MoGe's ``model.pt``."""
-    if version == 2:
-        from moge.model.v2 import MoGeModel
-    else:
-        from moge.model.v1 import MoGeModel
-    torch.manual_seed(seed)
-    model = MoGeModel(**config).eval()
-    # random heads put the whole mask on one side of its threshold: shift the mask logit so about
-    # 70% of a calibration image is labelled (the comparison then covers both kinds of pixel)
-    mask_conv = model.head.output_block[1][-1] if version == 1 else model.mask_head.output_blocks[-1]
-    threshold = model.mask_threshold if version == 1 else 0.0
-    with torch.no_grad():
-        calib = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
-        raw = model.forward(calib, num_tokens=20)["mask"]
-        raw = raw if version == 1 else torch.logit(raw.clamp(1e-6, 1 - 1e-6))
-        mask_conv.bias += threshold - torch.quantile(raw.flatten(), 0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_config": config, "model": model.state_dict()}, path)
-    return MoGeModel.from_pretrained(path).eval()  # MoGe's own loader: the reference
+    """A random MoGe model of MoGe's own class saved as MoGe's ``model.pt``, and the reference:
+    that file loaded back by MoGe's own ``from_pretrained``."""
+    save_tiny_moge(path, version, config, seed)
+    from moge.model.v1 import MoGeModel as MoGe1
+    from moge.model.v2 import MoGeModel as MoGe2
+
+    return (MoGe2 if version == 2 else MoGe1).from_pretrained(path).eval()
 
 
 def image_file(path, h=30, w=40, seed=0):
@@ -103,7 +52,7 @@ def image_file(path, h=30, w=40, seed=0):
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_moge_label_is_moge_infer_up_to_quantisation(tmp_path, tiny_backbone, version):
-    config = moge1_config() if version == 1 else moge2_config()
+    config = tiny_moge_config(1) if version == 1 else tiny_moge_config(2)
     ckpt = tmp_path / "moge" / "model.pt"
     reference = save_moge(ckpt, version, config)
     x = image_file(tmp_path / "imgs" / "a.png")
@@ -137,7 +86,7 @@ def test_moge2_metric_scale_and_options(tiny_backbone, tmp_path):
     """MoGe-2 with a scale head is metric; without one (and without normals) it is up to scale;
     spec options reach ``infer``."""
     ckpt = tmp_path / "m" / "model.pt"
-    model = save_moge(ckpt, 2, moge2_config(normals=False, metric=False), seed=1)
+    model = save_moge(ckpt, 2, tiny_moge_config(2, normals=False, metric=False), seed=1)
     t = load_teacher(f"moge:{ckpt}#resolution_level=0,mask=0")
     assert t.depth_kind == "scale" and not t.has_normals
     x = torch.rand(1, 3, 28, 28)
@@ -153,7 +102,7 @@ def test_moge2_metric_scale_and_options(tiny_backbone, tmp_path):
 
 
 def test_moge_bad_checkpoints_are_one_line_errors(tiny_backbone, tmp_path):
-    config = moge1_config()
+    config = tiny_moge_config(1)
     ckpt = tmp_path / "model.pt"
     save_moge(ckpt, 1, config)
     state = torch.load(ckpt, weights_only=True)["model"]
@@ -183,9 +132,40 @@ def test_moge_bad_checkpoints_are_one_line_errors(tiny_backbone, tmp_path):
 
 def test_sidecar_records_channels(tiny_backbone, tmp_path):
     ckpt = tmp_path / "m" / "model.pt"
-    save_moge(ckpt, 2, moge2_config())
+    save_moge(ckpt, 2, tiny_moge_config(2))
     image_file(tmp_path / "imgs" / "b.png", 28, 28)
     assert main(["label", "--teacher", f"moge:{ckpt}", "--images", str(tmp_path / "imgs"), "--out",
                  str(tmp_path / "l")]) == 0
     meta = json.loads(label_paths(tmp_path / "l", "imgs/b")["json"].read_text())
     assert meta["normal_file"] == "b.normal.png"
+
+
+def test_label_batched_torchrun_ranks_and_bf16(tiny_backbone, tmp_path, monkeypatch):
+    """Batches of same-size images give the labels of one-by-one labelling; under torchrun each
+    rank labels its own shard (no shared state); bf16 stays close to fp32."""
+    ckpt = tmp_path / "m" / "model.pt"
+    save_tiny_moge(ckpt, 2, tiny_moge_config(2))
+    for k, (h, w) in enumerate([(28, 28), (28, 28), (30, 40), (28, 28), (30, 40)]):
+        image_file(tmp_path / "imgs" / f"i{k}.png", h, w, seed=k)
+    args = ["label", "--teacher", f"moge:{ckpt}", "--images", str(tmp_path / "imgs")]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    assert main(args + ["--out", str(tmp_path / "batched"), "--batch-size", "3"]) == 0
+    for k in range(5):
+        d1, m1, _ = read_label(tmp_path / "one", f"imgs/i{k}")
+        d3, m3, _ = read_label(tmp_path / "batched", f"imgs/i{k}")
+        np.testing.assert_array_equal(m1, m3)
+        np.testing.assert_allclose(d1, d3, rtol=1e-4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(args + ["--out", str(tmp_path / "ranked")]) == 0
+    done = sorted(p.name for p in (tmp_path / "ranked" / "imgs").glob("*.json"))
+    assert done == ["i1.json", "i3.json"] and (tmp_path / "ranked" / "label_report_1of2.json").is_file()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(args + ["--out", str(tmp_path / "fp16"), "--precision", "fp16"]) == 0  # MoGe's use_fp16
+    d1, m1, _ = read_label(tmp_path / "one", "imgs/i0")
+    dh, mh, meta = read_label(tmp_path / "fp16", "imgs/i0")
+    assert meta["precision"] == "fp16" and meta["moge"]["use_fp16"]
+    both = m1 & mh
+    assert both.mean() > 0.5 and np.median(np.abs(dh[both] / d1[both] - 1)) < 0.05
+    assert main(args + ["--out", str(tmp_path / "bf16"), "--precision", "bf16"]) != 0  # refused, one line

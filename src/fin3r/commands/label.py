@@ -12,20 +12,26 @@ sa_*.tar) and stores, per image key <source>/<name>:
   <key>.mask.png    where the teacher's label is defined
   <key>.json        teacher name/version, depth_kind, resolution, encoding range, image path
 
-Teachers: moge:<model.pt> (MoGe-1: depth up to scale; MoGe-2: metric), hf:<folder> (a local
-transformers depth model; relative Depth Anything / DPT outputs are stored as disparity with
-depth_kind affine_disparity), oracle[:noise=..,blur=..,pool=..] (ground truth of images exported
-from fin3r's synthetic world -- NOT a model; the label says so).
+Teachers: moge:<model.pt> (MoGe-1: depth up to scale; MoGe-2: metric, plus normals for -normal
+checkpoints), hf:<folder> (a local transformers depth model; relative Depth Anything / DPT outputs
+are stored as disparity with depth_kind affine_disparity), depthpro:<folder> (Depth Pro, metric),
+ensemble:<spec>,<spec>,... (median of aligned members + agreement confidence, <key>.conf.png),
+oracle[:noise=..,blur=..,pool=..] (ground truth of images exported from fin3r's synthetic world --
+NOT a model; the label says so).
 
 Sharded: --shard i/n takes every n-th image starting at i (run n of these on n machines or GPUs
-into the same --out). Resumable: images with a finished label are skipped; every file is written
+into the same --out); under torchrun each rank takes shard RANK/WORLD_SIZE on cuda:LOCAL_RANK
+(torchrun --nproc_per_node 8 -m fin3r.cli label ... --device cuda). Batched: --batch-size groups
+same-size images; --precision fp16|bf16 runs the teacher in half precision on GPU. Resumable: images with a finished label are skipped; every file is written
 atomically (sidecar last). Corrupt, truncated or unreadable images are skipped and listed at the
 end and in <out>/label_report_<i>of<n>.json; --strict stops at the first one instead.
 
 examples:
   fin3r label --teacher moge:checkpoints/moge-vitl/model.pt --images sa1b/sa_000000.tar --out labels/
   fin3r label --teacher hf:models/depth-anything-v2-small --images photos/ --out labels/ --shard 0/4
-  fin3r label --teacher oracle --images world_images/ --out labels/"""
+  fin3r label --teacher oracle --images world_images/ --out labels/
+  torchrun --nproc_per_node 8 -m fin3r.cli label --teacher moge:ckpts/moge-2-vitl-normal/model.pt \\
+      --images sa1b/ --out labels/ --device cuda --batch-size 8 --precision bf16"""
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -38,19 +44,47 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _shard_and_device(shard: tuple[int, int] | None, device: str) -> tuple[int, int, str]:
+    """``(i, n, device)``: ``--shard`` if given, else torchrun's ``RANK``/``WORLD_SIZE`` (each rank
+    labels its own images, no process group, no shared state), else 0/1; a bare ``cuda`` device
+    becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    import os
+
+    from fin3r.errors import InputError
+
+    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if shard is None and env_rank is not None and env_world is not None:
+        try:
+            shard = _shard(f"{int(env_rank)}/{int(env_world)}")
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise InputError(f"RANK={env_rank!r} WORLD_SIZE={env_world!r}: {e}") from None
+        if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    i, n = shard or (0, 1)
+    return i, n, device
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", required=True, help="moge:<model.pt> | hf:<folder>[#kind=..,size=HxW] | oracle[:opts]")
+    parser.add_argument("--teacher", required=True,
+                        help="moge:<model.pt>[#opts] | hf:<folder>[#kind=..,size=HxW] | depthpro:<folder> | "
+                             "ensemble:<spec>,<spec>,... | oracle[:opts] (docs/data.md)")
     parser.add_argument("--images", required=True, nargs="+", metavar="DIR|TAR",
                         help="image folders (searched recursively), .tar shards or image files")
     parser.add_argument("--out", required=True, help="the label cache folder")
-    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n", help="label only shard i of n (default 0/1)")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="i/n",
+                        help="label only shard i of n (default 0/1; under torchrun: RANK/WORLD_SIZE)")
     parser.add_argument("--format", choices=("png", "npy"), default="png",
                         help="png: 16-bit log-encoded (default, ~1e-4 relative precision); npy: float16")
     parser.add_argument("--max-size", type=int, default=1024,
                         help="images are shrunk so their long side is at most this before labelling; labels are "
                              "stored at that working resolution (default 1024; 0 = never resize)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per teacher call (same-size images only)")
-    parser.add_argument("--device", default="cpu", help="torch device of the teacher (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images per teacher call; images are grouped by size (up to 8 sizes pending at once)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the teacher (cpu, cuda, cuda:1, ...; under torchrun 'cuda' = cuda:LOCAL_RANK)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                        help="teacher inference precision (default: the teacher's own; MoGe: fp16 on CUDA, else fp32); "
+                             "labels are stored the same way whatever it is")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
 
 
@@ -70,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
     from fin3r.errors import Fin3rError, InputError
     from fin3r.teachers import load_teacher
 
-    i, n = args.shard
+    i, n, device = _shard_and_device(args.shard, args.device)
     out = Path(args.out)
-    teacher = load_teacher(args.teacher, device=args.device)
+    teacher = load_teacher(args.teacher, device=device)
+    if args.precision:
+        teacher.set_precision(args.precision)
     refs = list_images(args.images)[i::n]
     todo = [r for r in refs if not label_done(out, r.key)]
     done_before = len(refs) - len(todo)
@@ -109,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             write_label(out, ref.key, pred.depth[b], pred.mask[b], meta, fmt=args.format, **channels)
             labelled += 1
 
-    batch: list = []
+    pending: dict[tuple[int, ...], list] = {}  # same-size images waiting for a batch
     print(f"fin3r label: teacher {teacher.name} ({teacher.depth_kind}), shard {i}/{n}: {len(refs)} images, "
           f"{done_before} already labelled, {len(todo)} to do -> {out}", file=sys.stderr)
     for ref in tqdm(todo, desc=f"label {i}/{n}", unit="img", dynamic_ncols=True):
@@ -136,11 +172,14 @@ def run(args: argparse.Namespace) -> int:
             s = args.max_size / max(H, W)
             x = F.interpolate(x[None], size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
                               align_corners=False, antialias=True)[0].clamp(0, 1)
-        if batch and (len(batch) >= args.batch_size or batch[0][1].shape != x.shape):
-            flush(batch)
-            batch = []
-        batch.append((ref, x, key, (H, W)))
-    flush(batch)
+        bucket = pending.setdefault(tuple(x.shape), [])
+        bucket.append((ref, x, key, (H, W)))
+        if len(bucket) >= max(1, args.batch_size):
+            flush(pending.pop(tuple(x.shape)))
+        elif len(pending) > 8:  # many sizes: flush the fullest group
+            flush(pending.pop(max(pending, key=lambda k: len(pending[k]))))
+    for group in pending.values():
+        flush(group)
     reader.close()
 
     report = {"teacher": teacher.metadata(), "shard": f"{i}/{n}", "images": len(refs), "labelled": labelled,

@@ -16,6 +16,7 @@ label cache act on it (``fin3r.losses`` aligns the student accordingly):
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from torch import Tensor
 from fin3r.errors import InputError
 
 TEACHER_DEPTH_KINDS = ("metric", "scale", "affine", "affine_disparity")
+PRECISIONS = ("fp32", "fp16", "bf16")
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -56,12 +59,18 @@ class Teacher(ABC):
     #: True for teachers that read the ground truth (the oracle): ``predict`` then needs it.
     needs_ground_truth: bool = False
 
+    #: inference precision: "fp32", or "fp16" / "bf16" autocast (see :meth:`set_precision`)
+    precision: str = "fp32"
+
     def predict(self, img: Tensor, **ground_truth: Any) -> TeacherOutput:
         """Labels for ``img (B, 3, H, W)`` float in [0, 1] (no gradient). ``ground_truth`` is
-        ignored by real teachers; the oracle takes ``depth=``/``valid=`` or ``keys=``."""
+        ignored by real teachers; the oracle takes ``depth=``/``valid=`` or ``keys=``. Labels are
+        float32 whatever the inference precision."""
         if img.ndim != 4 or img.shape[1] != 3:
             raise InputError(f"{self.name}: img must be (B, 3, H, W), got {tuple(img.shape)}")
-        out = self._predict(img.float(), **ground_truth)
+        with torch.no_grad(), self._autocast():
+            out = self._predict(img.float(), **ground_truth)
+        out.depth = out.depth.float()
         if out.depth.shape != (img.shape[0],) + tuple(img.shape[-2:]):
             raise RuntimeError(f"{self.name} returned depth {tuple(out.depth.shape)} for images {tuple(img.shape)}")
         return out
@@ -69,10 +78,24 @@ class Teacher(ABC):
     @abstractmethod
     def _predict(self, img: Tensor, **ground_truth: Any) -> TeacherOutput: ...
 
+    def set_precision(self, precision: str) -> "Teacher":
+        """``"fp32"``, ``"fp16"`` or ``"bf16"``: the network runs under that autocast (CUDA, or
+        CPU where torch supports it); the label is float32 either way. Recorded in the metadata."""
+        if precision not in PRECISIONS:
+            raise InputError(f"{self.name}: precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        return self
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        device = getattr(self, "device", torch.device("cpu"))
+        return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[self.precision])
+
     def metadata(self) -> dict[str, Any]:
         """What the label cache's sidecar JSON records about the teacher."""
         return {"teacher": self.name, "teacher_version": self.version, "depth_kind": self.depth_kind,
-                "is_oracle": self.needs_ground_truth}
+                "is_oracle": self.needs_ground_truth, "precision": self.precision}
 
     def to(self, device: Any) -> "Teacher":
         """Move the teacher's network (``self.model``, if it has one) to ``device``."""

@@ -34,6 +34,7 @@ Members are separated by commas that start another teacher spec (``oracle``, ``m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from typing import Any, Callable, Sequence
@@ -160,6 +161,15 @@ class EnsembleTeacher(Teacher):
                               "confidence": "exp(-mean |member - median| / scale / tau)"})
         meta["is_oracle"] = any(m.needs_ground_truth for m in self.members)
         return meta
+
+    def set_precision(self, precision: str) -> "EnsembleTeacher":
+        for m in self.members:
+            m.set_precision(precision)
+        self.precision = precision
+        return self
+
+    def _autocast(self):
+        return contextlib.nullcontext()  # each member runs under its own precision
 
     def to(self, device: Any) -> "EnsembleTeacher":
         for m in self.members:

@@ -30,6 +30,7 @@ Options after ``#``: ``resolution_level=0..9``, ``num_tokens=N`` (overrides the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fin3r.errors import CheckpointError, Fin3rError
+from fin3r.errors import CheckpointError, Fin3rError, InputError
 from fin3r.io import safe_torch_load
 from fin3r.teachers.base import Teacher, TeacherOutput
 from fin3r.teachers.spec import parse_bool, parse_options, split_path_options
@@ -147,6 +148,21 @@ class MoGeTeacher(Teacher):
         self.infer_kwargs = {"resolution_level": int(resolution_level), "num_tokens": num_tokens,
                              "apply_mask": bool(apply_mask), "force_projection": bool(force_projection),
                              "use_fp16": (self.device.type == "cuda") if use_fp16 is None else bool(use_fp16)}
+        self.precision = "fp16" if self.infer_kwargs["use_fp16"] else "fp32"
+
+    def set_precision(self, precision: str) -> "MoGeTeacher":
+        """fp16 = MoGe's own switch (``use_fp16``: fp16 autocast around its network, fp32 geometry
+        after it); fp32 = off. bf16 is refused: ``infer`` opens its own autocast context, which
+        (disabled) switches an outer bf16 autocast off, and bf16 weights meet antialiased resizes
+        torch lacks in bf16 on CPU."""
+        if precision == "bf16":
+            raise InputError(f"{self.name}: MoGe runs in fp16 (its own use_fp16 switch) or fp32, not bf16")
+        super().set_precision(precision)
+        self.infer_kwargs["use_fp16"] = precision == "fp16"
+        return self
+
+    def _autocast(self):
+        return contextlib.nullcontext()  # MoGe's infer manages its own precision (set_precision)
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
