@@ -11,6 +11,16 @@ Prints, measured side by side in one run (one torch thread):
 2. the world's render time per view at 256x192 (with and without shadows): wall and CPU time.
 
     python benchmarks/data.py [--images 24] [--batch-size 4] [--teacher-arch vits|tiny]
+
+With ``--teachers`` it measures labelling throughput instead: images/s of ``fin3r label`` (teacher
+forward + label write, the labelling loop's own clock) for every teacher kind fin3r supports, on
+tiny random configurations in each teacher's real format (``fin3r.teachers.tiny``; MoGe needs
+scripts/install_moge.sh, the others transformers), at batch 1 and ``--batch-size``, or for the
+teachers given with ``--spec`` (a real checkpoint on a GPU: see the command it prints)::
+
+    python benchmarks/data.py --teachers [--images 16] [--batch-size 4]
+    python benchmarks/data.py --teachers --spec moge:/ckpts/moge-2-vitl-normal/model.pt \\
+        --device cuda --precision fp16 --batch-size 8 --images 256 --size 768
 """
 
 from __future__ import annotations
@@ -87,8 +97,69 @@ def loader_rate(dataset, sampler, step, warmup: int = 1) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def tiny_teacher_specs(folder: Path) -> list[tuple[str, str]]:
+    """``(description, spec)`` of a tiny random teacher of every supported kind that can be built here."""
+    from fin3r.teachers import tiny
+
+    specs = []
+    if importlib.util.find_spec("moge") is not None:
+        for version in (1, 2):
+            tiny.save_tiny_moge(folder / f"moge{version}" / "model.pt", version)
+            specs.append((f"MoGe-{version} (dlr-moge classes, tiny DINOv2)", f"moge:{folder / f'moge{version}' / 'model.pt'}"))
+    if importlib.util.find_spec("transformers") is not None:
+        tiny.save_tiny_depth_anything(folder / "da")
+        specs.append(("Depth Anything (transformers, relative)", f"hf:{folder / 'da'}"))
+        tiny.save_tiny_depth_pro(folder / "dp")
+        specs.append(("Depth Pro (transformers, FoV head)", f"depthpro:{folder / 'dp'}"))
+    if len(specs) >= 2 and specs[0][1].startswith("moge:"):
+        specs.append(("ensemble of the two MoGe", f"ensemble:{specs[0][1]},{specs[1][1]}"))
+    return specs
+
+
+def teacher_throughput(args) -> None:
+    """Images/s of ``fin3r label`` per teacher at batch 1 and ``--batch-size`` (see the module docstring)."""
+    import json
+
+    from fin3r.cli import main as fin3r_main
+    from fin3r.data.world import export_world_images
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        side = args.size
+        export_world_images(tmp / "images", args.images, side * 3 // 4, side, seed=0)
+        specs = [(s, s) for s in args.spec] if args.spec else tiny_teacher_specs(tmp / "teachers")
+        if not specs:
+            print("no teacher can be built here: install transformers and/or MoGe (scripts/install_moge.sh)")
+            return
+        print(f"labelling throughput: {args.images} world images {side}x{side * 3 // 4} (PNG), device {args.device}, "
+              f"precision {args.precision or 'teacher default'}, {torch.get_num_threads()} thread(s)")
+        print("| teacher | batch | images/s |\n|---|---|---|")
+        for desc, spec in specs:
+            for batch in sorted({1, args.batch_size}):
+                out = tmp / f"labels_{abs(hash((spec, batch)))}"
+                cmd = ["label", "--teacher", spec, "--images", str(tmp / "images"), "--out", str(out),
+                       "--batch-size", str(batch), "--device", args.device, "--max-size", str(side)]
+                if args.precision:
+                    cmd += ["--precision", args.precision]
+                if fin3r_main(cmd) != 0:
+                    print(f"| {desc} | {batch} | failed |")
+                    continue
+                report = json.loads((out / "label_report_0of1.json").read_text())
+                rate = report["labelled"] / max(report["seconds"], 1e-9)
+                print(f"| {desc} | {batch} | {rate:.1f} |")
+    if not args.spec:
+        print("\non a GPU with a real checkpoint (weights from the teacher's own release, never downloaded by fin3r):\n"
+              "  python benchmarks/data.py --teachers --spec moge:/ckpts/moge-2-vitl-normal/model.pt --device cuda "
+              "--precision fp16 --batch-size 8 --images 256 --size 768")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teachers", action="store_true", help="measure labelling throughput per teacher instead")
+    parser.add_argument("--spec", action="append", default=[], help="with --teachers: teacher spec(s) to measure")
+    parser.add_argument("--device", default="cpu", help="with --teachers: the teacher's device")
+    parser.add_argument("--precision", default=None, choices=("fp32", "fp16", "bf16"), help="with --teachers")
+    parser.add_argument("--size", type=int, default=256, help="with --teachers: image width (height 3/4 of it)")
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--height", type=int, default=192)
@@ -96,6 +167,11 @@ def main() -> None:
     parser.add_argument("--teacher-arch", choices=("vits", "tiny"), default="vits")
     parser.add_argument("--render-views", type=int, default=40)
     args = parser.parse_args()
+    if args.teachers:
+        if args.device == "cpu":
+            torch.set_num_threads(1)
+        teacher_throughput(args)
+        return
     torch.set_num_threads(1)
 
     from fin3r.data.labels import LabelledImages
