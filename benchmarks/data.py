@@ -15,7 +15,7 @@ Prints, measured side by side in one run (one torch thread):
 With ``--teachers`` it measures labelling throughput instead: images/s of ``fin3r label`` (teacher
 forward + label write, the labelling loop's own clock) for every teacher kind fin3r supports, on
 tiny random configurations in each teacher's real format (``fin3r.teachers.tiny``; MoGe needs
-scripts/install_moge.sh, the others transformers), at batch 1 and ``--batch-size``, or for the
+scripts/install_teachers.sh, the others transformers), at batch 1 and ``--batch-size``, or for the
 teachers given with ``--spec`` (a real checkpoint on a GPU: see the command it prints)::
 
     python benchmarks/data.py --teachers [--images 16] [--batch-size 4]
@@ -129,7 +129,7 @@ def teacher_throughput(args) -> None:
         export_world_images(tmp / "images", args.images, side * 3 // 4, side, seed=0)
         specs = [(s, s) for s in args.spec] if args.spec else tiny_teacher_specs(tmp / "teachers")
         if not specs:
-            print("no teacher can be built here: install transformers and/or MoGe (scripts/install_moge.sh)")
+            print("no teacher can be built here: install transformers and/or MoGe (scripts/install_teachers.sh)")
             return
         print(f"labelling throughput: {args.images} world images {side}x{side * 3 // 4} (PNG), device {args.device}, "
               f"precision {args.precision or 'teacher default'}, {torch.get_num_threads()} thread(s)")

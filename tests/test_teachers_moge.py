@@ -1,4 +1,4 @@
-"""The MoGe teacher against MoGe's real package (``dlr-moge``, installed by scripts/install_moge.sh).
+"""The MoGe teacher against MoGe's real package (``dlr-moge``, installed by scripts/install_teachers.sh).
 
 Tiny random MoGe-1 and MoGe-2 models are built with MoGe's own classes (``moge.model.v1/v2
 .MoGeModel``) on a tiny DINOv2 built with MoGe's own ``DinoVisionTransformer`` (``fin3r.teachers
@@ -23,7 +23,7 @@ from fin3r.teachers import load_teacher
 from fin3r.teachers.tiny import register_tiny_moge_backbone, save_tiny_moge, tiny_moge_config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("moge") is None,
-                                reason="MoGe's package is not installed (scripts/install_moge.sh)")
+                                reason="MoGe's package is not installed (scripts/install_teachers.sh)")
 
 @pytest.fixture
 def tiny_backbone():

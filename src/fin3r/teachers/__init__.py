@@ -5,6 +5,7 @@
 - ``"oracle"`` or ``"oracle:noise=0.02,blur=1.5,pool=4,seed=0,scale=0.5-2"`` -- the synthetic
   world's ground truth (NOT a model; see :mod:`fin3r.teachers.oracle`);
 - ``"moge:<model.pt>[#options]"`` -- MoGe-1/2 through MoGe's package (:mod:`fin3r.teachers.moge`);
+- ``"da3:<folder>[#options]"`` -- Depth Anything 3 through its package (:mod:`fin3r.teachers.da3`);
 - ``"hf:<folder>"`` (options ``#kind=...,size=HxW``) -- a transformers depth model saved locally
   (extra ``fin3r[hf]``); ``"depthpro:<folder>"`` -- the same for a Depth Pro folder (checked);
 - ``"ensemble:<spec>,<spec>,..."`` -- the per-pixel median of aligned members with an agreement
@@ -59,9 +60,13 @@ def load_teacher(spec: str, device: Any = "cpu") -> Teacher:
         if not rest:
             raise InputError(f"{kind} teacher: give the model folder, {kind}:<folder>")
         return hf_teacher_from_spec(rest, device=device, require_model_type="depth_pro" if kind == "depthpro" else None)
+    if kind == "da3":
+        from fin3r.teachers.da3 import da3_teacher_from_spec
+
+        return da3_teacher_from_spec(rest, device=device)
     if kind == "ensemble":
         from fin3r.teachers.ensemble import ensemble_from_spec
 
         return ensemble_from_spec(rest, lambda member: load_teacher(member, device=device))
-    raise InputError(f"unknown teacher {spec!r}: use oracle[:opts], moge:<model.pt>, hf:<folder>, depthpro:<folder>, "
+    raise InputError(f"unknown teacher {spec!r}: use oracle[:opts], moge:<model.pt>, da3:<folder>, hf:<folder>, depthpro:<folder>, "
                      "ensemble:<spec>,<spec>,...")

@@ -1,7 +1,7 @@
 """``moge:<model.pt>[#options]`` teachers: MoGe-1 and MoGe-2 through MoGe's own package.
 
 Install (MoGe's registry package declares torchvision, gradio, ... that its inference never
-imports, so it goes in without them; ``scripts/install_moge.sh`` runs exactly these lines)::
+imports, so it goes in without them; ``scripts/install_teachers.sh`` runs exactly these lines)::
 
     pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3
     pip install 'fin3r[moge]'          # huggingface_hub, scipy, opencv: what MoGe's infer imports
@@ -46,7 +46,7 @@ from fin3r.teachers.spec import parse_bool, parse_options, split_path_options
 log = logging.getLogger(__name__)
 
 MOGE_INSTALL = ("pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3 && pip install 'fin3r[moge]' "
-                "(scripts/install_moge.sh in a checkout)")
+                "(scripts/install_teachers.sh in a checkout)")
 
 
 def _resolution_level(text: str) -> int:

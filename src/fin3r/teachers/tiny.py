@@ -139,3 +139,65 @@ def save_tiny_depth_pro(folder: str | Path, fov: bool = True, seed: int = 0):
         "image_processor_type": "DepthProImageProcessor", "size": {"height": 32, "width": 32}, "resample": 2,
         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_normalize": True}))
     return model
+
+
+def register_tiny_da3(folder: str | Path, variant: str = "mono") -> str:
+    """Register a tiny Depth Anything 3 preset (DA3's own ``DepthAnything3Net`` / ``DinoV2`` /
+    ``DPT`` classes; a 4-block, 32-wide ViT) in DA3's preset table, in this process; returns its
+    name (``da3mono-fin3rtiny`` or ``da3metric-fin3rtiny``: the prefix says the family). Its YAML
+    is written to ``folder``. DA3's ``DinoV2`` builds its ViT from a fixed size table, so its
+    small-ViT builder is replaced by a tiny one for the process (full-size presets are unaffected
+    unless they use ``vits``)."""
+    import depth_anything_3.model.dinov2.dinov2 as da3_dinov2
+    from depth_anything_3.model.dinov2.vision_transformer import DinoVisionTransformer
+    from depth_anything_3.registry import MODEL_REGISTRY
+
+    def tiny_vit(patch_size: int = 14, num_register_tokens: int = 0, depth: int = 12, **kwargs: Any):
+        return DinoVisionTransformer(patch_size=patch_size, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
+                                     num_register_tokens=num_register_tokens, **kwargs)
+
+    da3_dinov2.vit_small = tiny_vit
+    name = f"da3{variant}-fin3rtiny"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    yaml_path = folder / f"{name}.yaml"
+    yaml_path.write_text(
+        "__object__: {path: depth_anything_3.model.da3, name: DepthAnything3Net, args: as_params}\n"
+        "net:\n  __object__: {path: depth_anything_3.model.dinov2.dinov2, name: DinoV2, args: as_params}\n"
+        "  name: vits\n  out_layers: [0, 1, 2, 3]\n  alt_start: -1\n  qknorm_start: -1\n  rope_start: -1\n"
+        "  cat_token: false\n"
+        "head:\n  __object__: {path: depth_anything_3.model.dpt, name: DPT, args: as_params}\n"
+        "  dim_in: 32\n  output_dim: 1\n  features: 16\n  out_channels: [8, 8, 16, 16]\n")
+    MODEL_REGISTRY[name] = str(yaml_path)
+    return name
+
+
+def save_tiny_da3(folder: str | Path, variant: str = "mono", seed: int = 0, sky_fraction: float = 0.2):
+    """A random tiny Depth Anything 3 saved in ``folder`` the way DA3's API saves one
+    (``PyTorchModelHubMixin.save_pretrained`` of an object holding the network as ``model`` and
+    built from ``model_name``: ``config.json`` + ``model.safetensors`` with ``model.`` keys).
+    The sky logit's bias is set so about ``sky_fraction`` of a random image is sky. Returns the
+    network (eval mode)."""
+    from depth_anything_3.cfg import create_object, load_config
+    from depth_anything_3.registry import MODEL_REGISTRY
+    from huggingface_hub import PyTorchModelHubMixin
+
+    folder = Path(folder)
+    name = register_tiny_da3(folder.parent / "da3_presets", variant)
+
+    class Saved(torch.nn.Module, PyTorchModelHubMixin):  # the API object's shape: .model, built from model_name
+        def __init__(self, model_name: str):
+            super().__init__()
+            self.model = create_object(load_config(MODEL_REGISTRY[model_name]))
+
+    torch.manual_seed(seed)
+    wrapper = Saved(model_name=name)
+    net = wrapper.model.eval()
+    with torch.no_grad():
+        x = torch.rand(1, 1, 3, 28, 42, generator=torch.Generator().manual_seed(seed))
+        x = (x - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        sky = net(x)["sky"].flatten()
+        last = [m for m in net.head.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 1][-1]
+        last.bias += 0.3 - torch.quantile(sky, 1 - sky_fraction)  # relu(sky): a shift moves the threshold crossing
+    wrapper.save_pretrained(folder)
+    return net
