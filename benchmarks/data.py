@@ -106,6 +106,9 @@ def tiny_teacher_specs(folder: Path) -> list[tuple[str, str]]:
         for version in (1, 2):
             tiny.save_tiny_moge(folder / f"moge{version}" / "model.pt", version)
             specs.append((f"MoGe-{version} (dlr-moge classes, tiny DINOv2)", f"moge:{folder / f'moge{version}' / 'model.pt'}"))
+    if importlib.util.find_spec("depth_anything_3") is not None:
+        tiny.save_tiny_da3(folder / "da3", "mono")
+        specs.append(("Depth Anything 3 mono (depth-anything-3 classes, tiny ViT)", f"da3:{folder / 'da3'}"))
     if importlib.util.find_spec("transformers") is not None:
         tiny.save_tiny_depth_anything(folder / "da")
         specs.append(("Depth Anything (transformers, relative)", f"hf:{folder / 'da'}"))
