@@ -77,10 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("monodepth", help="MoGe monocular benchmarks (Table 1)", formatter_class=fmt,
                        description="Monocular geometry on MoGe's benchmark layout. --teacher scores a monocular "
-                                   "teacher (moge:, hf:, depthpro:, ensemble:) instead of a model, same protocol.")
+                                   "teacher (moge:, da3:, hf:, depthpro:, ensemble:) instead of a model, same protocol.")
     _model_args(p, model_required=False)
     p.add_argument("--teacher", default=None, metavar="SPEC",
-                   help="evaluate a teacher instead of --model (moge:<model.pt>, hf:<folder>, depthpro:<folder>, "
+                   help="evaluate a teacher instead of --model (moge:<model.pt>, da3:<folder>, hf:<folder>, depthpro:<folder>, "
                         "ensemble:<spec>,<spec>; docs/data.md)")
     p.add_argument("--benchmarks", default=None,
                    help="comma-separated names (NYUv2,KITTI,ETH3D,iBims-1,DDAD,DIODE,HAMMER,GSO,Sintel,Spring, "
