@@ -181,7 +181,7 @@ def distillation_loss(
     if teacher_weight is not None:
         if teacher_weight.shape != depth.shape:
             raise InputError(f"distillation_loss: teacher_weight {tuple(teacher_weight.shape)} must be {tuple(depth.shape)}")
-        pixel_w = torch.nan_to_num(_fp32(teacher_weight.detach()).to(depth.dtype), nan=0.0).clamp(0, 1)
+        pixel_w = torch.nan_to_num(fp32(teacher_weight.detach()).to(depth.dtype), nan=0.0).clamp(0, 1)
         pixel_w = torch.where(valid, pixel_w, torch.zeros_like(pixel_w))
 
     if use_affine:
