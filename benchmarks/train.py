@@ -29,7 +29,8 @@ from fin3r.config import load_config
 from fin3r.lora import inject_lora
 from fin3r.models.registry import build_model
 from fin3r.train import TrainConfig
-from fin3r.train.engine import _LossModule, collate
+from fin3r.train.data import collate
+from fin3r.train.model import LossModule
 
 VITB_DUST3R = dict(family="dust3r", head_type="linear", output_mode="pts3d", img_size=[224, 224],
                    enc_embed_dim=768, enc_depth=12, enc_num_heads=12, dec_embed_dim=512, dec_depth=8,
@@ -54,7 +55,7 @@ def time_steps(model, config, mono, pair, steps: int, warmup: int, amp_dtype=Non
     """Seconds per optimizer step (mono + replay micro-batches), trainable params, AdamW state bytes."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95))
-    loss_module = _LossModule(model, config)
+    loss_module = LossModule(model, config)
     device = next(model.parameters()).device
     times = []
     for i in range(warmup + steps):

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fin3r.io import write_csv_atomic
+from fin3r.io import write_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,38 @@ class MetricsLogger:
         self._csv_fields[kind] = fields
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(record)
+
+    def truncate(self, step: int, epoch: int) -> None:
+        """Cut the logs back to a checkpoint: keep step records up to ``step`` and epoch records of
+        epochs before ``epoch`` (a resumed run re-runs and re-logs what came after). A torn last
+        line (a run killed mid-write) is dropped too. TensorBoard event files are left as they are."""
+        if not self.enabled:
+            return
+
+        def keep(record: dict[str, Any]) -> bool:
+            try:
+                if record.get("kind", "step") == "epoch":
+                    return int(float(record["epoch"])) < epoch
+                return int(float(record["step"])) <= step
+            except (KeyError, TypeError, ValueError):
+                return False
+
+        if self.jsonl_path.is_file():
+            kept = []
+            for line in self.jsonl_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and keep(record):
+                    kept.append(line + "\n")
+            write_text_atomic(self.jsonl_path, "".join(kept))
+        for path in self.out_dir.glob("metrics_*.csv"):
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                rows = [{k: v for k, v in r.items() if k is not None} for r in reader if keep(r)]
+                fields = list(reader.fieldnames or [])
+            write_csv_atomic(path, fields, rows)
 
     def close(self) -> None:
         if self._tb is not None:
