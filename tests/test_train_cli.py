@@ -41,3 +41,23 @@ def test_cli_run_then_resume_is_a_no_op(tmp_path, capsys, caplog):
     assert "trained 2 steps" in capsys.readouterr().out
     assert main(args + ["optim.lr=2e-3", "--resume"]) == 0
     assert "resuming with a different config (optim.lr)" in caplog.text
+
+
+def test_dry_run_counts_equal_a_real_build(tmp_path, capsys):
+    from fin3r.train.memory import estimate_memory
+    from fin3r.train.model import inject_encoder_lora, load_base_model
+
+    config = load_config(TrainConfig, CONFIGS / "world_tiny.yaml", [f"out_dir={tmp_path / 'run'}"])
+    real = load_base_model(config)
+    inject_encoder_lora(real, config)
+    total = sum(p.numel() for p in real.parameters())
+    trainable = sum(p.numel() for p in real.parameters() if p.requires_grad)
+    estimate = estimate_memory(config)
+    assert (estimate.params_total, estimate.params_trainable) == (total, trainable)
+    assert estimate.optimizer_bytes == 8 * trainable
+    assert all(v > 0 for v in estimate.activations.values()) and set(estimate.activations) == {"mono", "replay"}
+    assert all(estimate.activations_ckpt[k] < estimate.activations[k] for k in estimate.activations)
+    assert main(["train", str(CONFIGS / "world_tiny.yaml"), f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{total:,} parameters, {trainable:,} trainable" in out and "fits 24 GB yes" in out
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing

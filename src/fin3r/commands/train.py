@@ -15,6 +15,7 @@ examples:
   fin3r train configs/dust3r.yaml --resume            # continue runs/.../checkpoints/last.pt
   torchrun --nproc_per_node 4 -m fin3r.cli train configs/vggt.yaml   # DDP (NCCL on GPUs, gloo on CPU)
   fin3r train --print-config                          # every key with its default
+  fin3r train configs/vggt.yaml --dry-run             # parameters, optimizer state, memory; fits 24/48/80 GB?
 
 Writes OUT_DIR/config.yaml, metrics.jsonl, metrics_{step,epoch}.csv (+ TensorBoard when installed),
 checkpoints/last.pt (resumable), adapter_epochNNN.safetensors and adapter.safetensors.
@@ -28,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                         help="continue from OUT_DIR/checkpoints/last.pt (or the given checkpoint)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the model on the meta device and print parameter counts, optimizer state and "
+                             "an activation-memory estimate per sample (with and without checkpointing); train nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         raise Fin3rError(str(e)) from None
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    if args.dry_run:
+        from fin3r.train.memory import estimate_memory, format_estimate
+
+        print(format_estimate(estimate_memory(config)))
         return 0
     result = train(config, resume=args.resume)
     if result.adapter_path is not None:

@@ -81,6 +81,8 @@ class Reconstructor(nn.Module):
     encoder_prefixes: ClassVar[tuple[str, ...]] = ()
     #: default LoRA targets among the encoder's linear layers (glob patterns on module names)
     default_lora_targets: ClassVar[tuple[str, ...]] = ()
+    #: dotted names of the ``nn.ModuleList``s of blocks :meth:`checkpoint_blocks` returns
+    checkpoint_block_lists: ClassVar[tuple[str, ...]] = ()
 
     # --- inputs ---------------------------------------------------------------------------
     def check_images(self, img: Tensor, ndim: int = 4) -> None:
@@ -133,6 +135,19 @@ class Reconstructor(nn.Module):
             if any(fnmatch.fnmatchcase(name, t) or fnmatch.fnmatchcase(name, f"*.{t}") for t in targets):
                 names.append(name)
         return names
+
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        """The transformer blocks between the image and the heads, in order: the encoder's and the
+        decoder's (the frozen decoder blocks are on the gradient's way back to the encoder). Each
+        family lists them in :attr:`checkpoint_block_lists`; activation checkpointing and the
+        trainer's bf16 frozen weights act on them."""
+        return [block for name in self.checkpoint_block_lists for block in self.get_submodule(name)]
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing of :meth:`checkpoint_blocks` while gradients are computed
+        (``torch.utils.checkpoint``, non-reentrant: outputs and gradients unchanged)."""
+        for block in self.checkpoint_blocks():
+            block.grad_checkpointing = enabled
 
     def encoder_parameters(self) -> dict[str, nn.Parameter]:
         """The encoder's parameters by state_dict name."""

@@ -112,7 +112,12 @@ class TrainConfig:
     """``fin3r train`` configuration.
 
     ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, else fp16 with a grad
-    scaler, fp32 on the CPU. ``ckpt_every``: write the resumable checkpoint every N optimizer steps
+    scaler, fp32 on the CPU; the heads and losses always run in fp32.
+    ``grad_checkpointing``: activation checkpointing of the model's encoder and decoder blocks
+    (``torch.utils.checkpoint``): far less activation memory for about one more forward pass.
+    ``frozen_weights``: ``bf16`` stores the frozen weights of those blocks in bf16 (the LoRA
+    parameters, the layers they adapt, the heads and the optimizer state stay fp32); needs
+    ``precision`` bf16/fp16 (or ``auto`` on a GPU). ``ckpt_every``: write the resumable checkpoint every N optimizer steps
     (and at every epoch end). ``max_nonfinite``: abort after this many non-finite losses in a
     row (each one is skipped and counted). ``max_steps``: stop early (0 = run all epochs).
     """
@@ -121,6 +126,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    grad_checkpointing: bool = False
+    frozen_weights: Literal["fp32", "bf16"] = "fp32"
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)

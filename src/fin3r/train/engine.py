@@ -49,7 +49,7 @@ from fin3r.train.distributed import (DistContext, barrier, broadcast_from_main, 
 from fin3r.train.logging import MetricsLogger
 from fin3r.train.model import LossModule, inject_encoder_lora, load_base_model, set_train_mode
 from fin3r.train.optim import build_optimizer, lr_at, make_schedule, optimizer_step
-from fin3r.train.precision import autocast_dtype
+from fin3r.train.precision import autocast, autocast_dtype, store_frozen_in_bf16
 from fin3r.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datas
     targets = inject_encoder_lora(base, config)
     base = base.to(device)
     set_train_mode(base)
+    _set_memory_savers(base, config, amp_dtype, ctx)
     trainable = {n: p for n, p in base.named_parameters() if p.requires_grad}
     params = list(trainable.values())
     loss_module = wrap_ddp(LossModule(base, config), device, ctx)
@@ -181,7 +182,9 @@ def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datas
                     "epoch": state.epoch}
         state.save(ckpt_path, **parts, sampler_state=position)
 
-    report = _Reporter(config, ctx, metrics, hooks, total_steps=schedule.total_steps, initial=state.step)
+    eval_dtype = amp_dtype if config.frozen_weights == "bf16" else None  # bf16-stored weights need autocast
+    report = _Reporter(config, ctx, metrics, hooks, device, eval_dtype, total_steps=schedule.total_steps,
+                       initial=state.step)
     # --- epochs ---------------------------------------------------------------------------------
     while state.epoch < config.optim.epochs and state.step < schedule.total_steps:
         plan = epoch_plan(sampler, state.epoch, ctx)
@@ -228,6 +231,21 @@ def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datas
                        trainable_params=sum(p.numel() for p in params))
 
 
+def _set_memory_savers(model: nn.Module, config: TrainConfig, amp_dtype: torch.dtype | None,
+                       ctx: DistContext) -> None:
+    """``grad_checkpointing``: checkpoint the model's blocks; ``frozen_weights: bf16``: store their
+    frozen weights in bf16 (needs autocast)."""
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if config.frozen_weights == "bf16":
+        if amp_dtype is None:
+            raise Fin3rError("frozen_weights=bf16 needs autocast: set precision to bf16 or fp16 "
+                             f"(precision={config.precision} runs fp32 here)")
+        saved = store_frozen_in_bf16(model.checkpoint_blocks())
+        if ctx.main:
+            log.info("frozen block weights stored in bf16: %.2f GiB saved", saved / 2**30)
+
+
 def _report_nonfinite(state: TrainState, config: TrainConfig, ctx: DistContext) -> None:
     """Warn about a skipped step; raise :class:`TrainingDiverged` after ``max_nonfinite`` in a row."""
     if ctx.main:
@@ -243,8 +261,9 @@ class _Reporter:
     the per-epoch feature norms and adapter snapshots. Every method is a no-op on other ranks."""
 
     def __init__(self, config: TrainConfig, ctx: DistContext, metrics: MetricsLogger, hooks: TrainHooks,
-                 total_steps: int, initial: int):
+                 device: torch.device, eval_dtype: torch.dtype | None, total_steps: int, initial: int):
         self.config, self.ctx, self.metrics, self.hooks = config, ctx, metrics, hooks
+        self.device, self.eval_dtype = device, eval_dtype
         self.total_steps = total_steps
         self.bar = None
         if ctx.main and config.progress:
@@ -282,10 +301,11 @@ class _Reporter:
         record: dict[str, Any] = {"kind": "epoch", "epoch": state.epoch, "step": state.step, "skipped": state.skipped}
         record.update({f"loss_{s}": sum(v) / len(v) for s, v in losses.items()})
         model.eval()
-        if heldout is not None:
-            record.update(encoder_feature_norms(model, heldout))
-        if self.hooks.on_epoch_end is not None:
-            record.update(self.hooks.on_epoch_end(state.epoch, model, dict(record)) or {})
+        with autocast(self.device, self.eval_dtype):
+            if heldout is not None:
+                record.update(encoder_feature_norms(model, heldout))
+            if self.hooks.on_epoch_end is not None:
+                record.update(self.hooks.on_epoch_end(state.epoch, model, dict(record)) or {})
         set_train_mode(model)
         self.metrics.log(record)
         state.history.append(record)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -29,4 +30,24 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-__all__ = ["autocast", "autocast_dtype"]
+def frozen_bf16_candidates(blocks: list[nn.Module]) -> list[nn.Parameter]:
+    """The parameters ``frozen_weights: bf16`` stores in bf16: the frozen fp32 parameters of
+    ``blocks`` (the trunk's encoder and decoder blocks). Left in fp32: every trainable parameter,
+    the layers LoRA adapts (their frozen weight enters the re-normalisation and the adapter's base
+    hash), and everything outside ``blocks`` (patch embeddings, the norms around them, the heads)."""
+    from fin3r.lora import LoRALinear
+
+    return [p for block in blocks for module in block.modules() if not isinstance(module, LoRALinear)
+            for p in module.parameters(recurse=False) if not p.requires_grad and p.dtype == torch.float32]
+
+
+def store_frozen_in_bf16(blocks: list[nn.Module]) -> int:
+    """Store :func:`frozen_bf16_candidates` of ``blocks`` in bf16; returns the bytes saved. The
+    blocks then need autocast to run (the engine checks ``precision``)."""
+    params = frozen_bf16_candidates(blocks)
+    for p in params:
+        p.data = p.data.to(torch.bfloat16)
+    return sum(p.numel() * 2 for p in params)
+
+
+__all__ = ["autocast", "autocast_dtype", "frozen_bf16_candidates", "store_frozen_in_bf16"]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from fin3r.models.base import Reconstructor
 from fin3r.models.layers.blocks import Block, DecoderBlock, LayerNorm
+from fin3r.models.layers.checkpointing import run_block
 from fin3r.models.layers.patch_embed import PatchEmbed
 from fin3r.models.layers.rope2d import RoPE2D
 
@@ -39,7 +40,7 @@ class CroCoEncoderMixin:
         """``img (B, 3, H, W)`` in [0, 1] -> ``(tokens (B, N, C_enc), pos (B, N, 2))``."""
         x, pos = self.patch_embed(self.normalize(img))
         for blk in self.enc_blocks:
-            x = blk(x, pos)
+            x = run_block(blk, x, pos)
         return (x if prenorm else self.enc_norm(x)), pos
 
     def encode(self, img: Tensor) -> Tensor:
@@ -60,6 +61,7 @@ class CroCoStereo(CroCoEncoderMixin, Reconstructor):
 
     encoder_prefixes = ("patch_embed.", "enc_blocks.", "enc_norm.")
     default_lora_targets = ("enc_blocks.*.attn.qkv",)
+    checkpoint_block_lists = ("enc_blocks", "dec_blocks", "dec_blocks2")
 
     def __init__(self, enc_embed_dim: int = 1024, enc_depth: int = 24, enc_num_heads: int = 16,
                  dec_embed_dim: int = 768, dec_depth: int = 12, dec_num_heads: int = 12, mlp_ratio: float = 4.0,
@@ -89,7 +91,7 @@ class CroCoStereo(CroCoEncoderMixin, Reconstructor):
         out1, out2 = [feat1], [feat2]
         f1, f2 = self.decoder_embed(feat1), self.decoder_embed(feat2)
         for blk1, blk2 in zip(self.dec_blocks, self.dec_blocks2):
-            f1, f2 = blk1(f1, f2, pos1, pos2), blk2(f2, f1, pos2, pos1)
+            f1, f2 = run_block(blk1, f1, f2, pos1, pos2), run_block(blk2, f2, f1, pos2, pos1)
             out1.append(f1)
             out2.append(f2)
         out1[-1], out2[-1] = self.dec_norm(out1[-1]), self.dec_norm(out2[-1])

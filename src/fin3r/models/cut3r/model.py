@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
 from fin3r.models.croco.encoder import CroCoEncoderMixin, rope_freq
 from fin3r.models.layers.blocks import Block, DecoderBlock, LayerNorm
+from fin3r.models.layers.checkpointing import run_block
 from fin3r.models.cut3r.blocks import LocalMemory, cut3r_encoder_block
 from fin3r.models.cut3r.heads import Cut3rDPTHead, Cut3rLinearHead, camera_pose_to_cam2world
 from fin3r.models.heads.dpt_croco import OFFICIAL_FEATURE_DIM, OFFICIAL_LAYER_DIMS
@@ -138,6 +139,7 @@ class Cut3r(CroCoEncoderMixin, Reconstructor):
     patch_size = 16
     encoder_prefixes = ("patch_embed.", "enc_blocks.", "enc_norm.")
     default_lora_targets = ("enc_blocks.*.attn.qkv",)
+    checkpoint_block_lists = ("enc_blocks", "dec_blocks_state", "dec_blocks")
 
     def __init__(self, output_mode: str = "pts3d+pose", head_type: str = "linear",
                  depth_mode: Sequence = ("exp", -inf, inf), conf_mode: Sequence = ("exp", 1, inf),
@@ -240,8 +242,8 @@ class Cut3r(CroCoEncoderMixin, Reconstructor):
         pos_img = torch.cat([pose_pos, pos], dim=1)
         decout = [feat]
         for blk_state, blk_img in zip(self.dec_blocks_state, self.dec_blocks):
-            f_state, f_img = (blk_state(f_state, f_img, pos_state, pos_img),
-                              blk_img(f_img, f_state, pos_img, pos_state))
+            f_state, f_img = (run_block(blk_state, f_state, f_img, pos_state, pos_img),
+                              run_block(blk_img, f_img, f_state, pos_img, pos_state))
             decout.append(f_img)
         decout[-1] = self.dec_norm(f_img)
         return self.dec_norm_state(f_state), decout

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fin3r.models.layers.vggt_blocks import LayerScaleBlock, run_block
+from fin3r.models.layers.checkpointing import run_block
+from fin3r.models.layers.vggt_blocks import LayerScaleBlock
 
 
 class ConvPatchEmbed(nn.Module):
@@ -65,8 +66,6 @@ class DinoV2Encoder(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         nn.init.normal_(self.register_tokens, std=1e-6)
-        #: activation checkpointing of the blocks when computing gradients
-        self.grad_checkpointing = False
 
     def position_embedding(self, h: int, w: int, img_h: int, img_w: int) -> Tensor:
         """Position embedding ``(1, 1 + h*w, C)`` of cls + an ``h x w`` patch grid (dtype of the
@@ -97,7 +96,7 @@ class DinoV2Encoder(nn.Module):
         ``x_norm_patchtokens (B, h*w, C)`` and ``x_prenorm (B, 1 + R + h*w, C)``."""
         x = self.prepare_tokens(img)
         for blk in self.blocks:
-            x = run_block(blk, x, None, self.grad_checkpointing)
+            x = run_block(blk, x, None)
         x_norm = self.norm(x)
         r = self.num_register_tokens
         return {

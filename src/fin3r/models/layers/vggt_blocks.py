@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from fin3r.models.layers.attention import Attention
 from fin3r.models.layers.mlp import Mlp
@@ -79,11 +78,4 @@ class LayerScaleBlock(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-def run_block(block: nn.Module, x: Tensor, pos: Tensor | None, grad_checkpointing: bool) -> Tensor:
-    """``block(x, pos)``, under activation checkpointing when asked and gradients are on."""
-    if grad_checkpointing and torch.is_grad_enabled():
-        return checkpoint(block, x, pos, use_reentrant=False)
-    return block(x, pos)
-
-
-__all__ = ["LayerScale", "QKNormAttention", "LayerScaleBlock", "run_block"]
+__all__ = ["LayerScale", "QKNormAttention", "LayerScaleBlock"]

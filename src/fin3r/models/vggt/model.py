@@ -39,7 +39,8 @@ from fin3r.models.layers.dinov2 import DinoV2Encoder
 from fin3r.models.heads.dpt_vggt import VggtDPTHead
 from fin3r.models.layers.patch_embed import patch_positions
 from fin3r.models.layers.rope2d import RoPE2D
-from fin3r.models.layers.vggt_blocks import LayerScaleBlock, run_block
+from fin3r.models.layers.checkpointing import run_block
+from fin3r.models.layers.vggt_blocks import LayerScaleBlock
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +101,6 @@ class Aggregator(nn.Module):
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, embed_dim) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, num_register_tokens, embed_dim) * 1e-6)
         self.patch_start = 1 + num_register_tokens
-        #: activation checkpointing of the frame/global blocks when computing gradients
-        self.grad_checkpointing = False
-
-    def _run(self, block: nn.Module, x: Tensor, pos: Tensor) -> Tensor:
-        return run_block(block, x, pos, self.grad_checkpointing)
 
     def forward(self, imgs: Tensor, keep: set[int] | None = None) -> list[Tensor | None]:
         B, S, _, H, W = imgs.shape
@@ -120,9 +116,9 @@ class Aggregator(nn.Module):
         pos_global = pos.reshape(B, S * P, 2)
         outputs: list[Tensor | None] = []
         for i, (frame_blk, global_blk) in enumerate(zip(self.frame_blocks, self.global_blocks)):
-            x = self._run(frame_blk, x.reshape(B * S, P, C), pos)
+            x = run_block(frame_blk, x.reshape(B * S, P, C), pos)
             frame_out = x.reshape(B, S, P, C)
-            x = self._run(global_blk, x.reshape(B, S * P, C), pos_global)
+            x = run_block(global_blk, x.reshape(B, S * P, C), pos_global)
             global_out = x.reshape(B, S, P, C)
             outputs.append(torch.cat((frame_out, global_out), dim=-1) if keep is None or i in keep else None)
         return outputs
@@ -162,6 +158,8 @@ class Vggt(Reconstructor):
     patch_size: ClassVar[int] = 14
     encoder_prefixes: ClassVar[tuple[str, ...]] = ("aggregator.patch_embed.",)
     default_lora_targets: ClassVar[tuple[str, ...]] = ("aggregator.patch_embed.blocks.*.attn.qkv",)
+    checkpoint_block_lists: ClassVar[tuple[str, ...]] = ("aggregator.patch_embed.blocks", "aggregator.frame_blocks",
+                                                         "aggregator.global_blocks")
 
     def __init__(self, img_size: int = 518, patch_size: int = 14, embed_dim: int = 1024, depth: int = 24,
                  num_heads: int = 16, mlp_ratio: float = 4.0, num_register_tokens: int = 4,
@@ -211,11 +209,6 @@ class Vggt(Reconstructor):
         ours = self.config_dict()
         ours.pop("family")
         return json.loads(json.dumps(official)) == ours
-
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Activation checkpointing of the encoder and aggregator blocks (as official training)."""
-        self.aggregator.grad_checkpointing = enabled
-        self.aggregator.patch_embed.grad_checkpointing = enabled
 
     # --- forward ----------------------------------------------------------------------------
     def normalize(self, imgs: Tensor) -> Tensor:
