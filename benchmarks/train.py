@@ -8,7 +8,8 @@ configuration in its own subprocess:
   * activation checkpointing off / on (``grad_checkpointing``), fp32;
   * VGGT-1B with the frozen block weights stored in bf16 (``frozen_weights: bf16``, bf16 autocast).
 
-For each it prints the step time, the resident weights, and the step's peak memory above the
+For each it prints the step's CPU time (process time: other jobs on a shared machine do not
+inflate it), the resident weights, and the step's peak memory above the
 resident set (the activations, their gradients and the transient tensors: ``VmHWM - VmRSS`` of
 the subprocess, peak reset through ``/proc/self/clear_refs`` before the step, large allocations
 returned to the OS by glibc so the RSS follows the live tensors), then the ratios
@@ -118,9 +119,9 @@ def worker(args) -> None:
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
     before = _status_kib()
-    t = time.perf_counter()
+    t = time.process_time()  # CPU seconds of this process: robust to other jobs on a shared machine
     train_step(loss_module, [("replay", batch)], params, opt, amp)
-    step_s = time.perf_counter() - t
+    step_s = time.process_time() - t
     after = _status_kib()
     print(json.dumps({"step_s": step_s, "resident": before["VmRSS"] * 1024,
                       "peak": (after["VmHWM"] - before["VmRSS"]) * 1024}))
@@ -154,7 +155,7 @@ def run_cpu(args) -> None:
     rows = []
     print(f"one training step, replay sample of {args.views} views, batch 1, LoRA r8 qkv, {args.threads} thread(s), "
           f"random weights; peak = step's VmHWM - VmRSS before it")
-    print(f"{'model':16s} {'HxW':>8s} {'ckpt':>5s} {'frozen':>6s} {'step s':>8s} {'weights GiB':>12s} "
+    print(f"{'model':16s} {'HxW':>8s} {'ckpt':>5s} {'frozen':>6s} {'step CPU s':>10s} {'weights GiB':>12s} "
           f"{'peak GiB':>9s} {'estimate GiB':>13s} {'est/meas':>9s}")
     configs = [(m, False, False) for m in CPU_MODELS] + [(m, True, False) for m in CPU_MODELS] + [("vggt_1b", True, True)]
     for model, ckpt, frozen in sorted(configs, key=lambda c: (c[0], c[2], c[1])):
@@ -163,7 +164,7 @@ def run_cpu(args) -> None:
         r["estimate"] = estimated_peak(model, h, w, args.views, ckpt)
         rows.append((model, ckpt, frozen, r))
         print(f"{model:16s} {f'{h}x{w}':>8s} {'on' if ckpt else 'off':>5s} {'bf16' if frozen else 'fp32':>6s} "
-              f"{r['step_s']:8.1f} {r['resident'] / GIB:12.2f} {r['peak'] / GIB:9.3f} {r['estimate'] / GIB:13.3f} "
+              f"{r['step_s']:10.1f} {r['resident'] / GIB:12.2f} {r['peak'] / GIB:9.3f} {r['estimate'] / GIB:13.3f} "
               f"{r['estimate'] / r['peak']:9.2f}")
     by = {(m, c, f): r for m, c, f, r in rows}
     for model in CPU_MODELS:

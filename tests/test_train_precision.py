@@ -62,8 +62,9 @@ def test_frozen_weights_in_bf16_train_with_fp32_lora_and_optimizer(tmp_path):
     lora_layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
     in_blocks = {id(p) for b in model.checkpoint_blocks() for p in b.parameters()}
     adapted = {id(m.weight) for m in lora_layers} | {id(m.bias) for m in lora_layers if m.bias is not None}
+    linear = {id(q) for m in model.modules() if type(m) is torch.nn.Linear for q in m.parameters()}
     for n, p in model.named_parameters():
-        want = torch.float32 if (p.requires_grad or id(p) not in in_blocks or id(p) in adapted) else torch.bfloat16
+        want = torch.bfloat16 if (id(p) in in_blocks and id(p) in linear and id(p) not in adapted) else torch.float32
         assert p.dtype == want, n
     assert any(p.dtype == torch.bfloat16 for p in model.parameters())
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)

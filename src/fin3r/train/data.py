@@ -15,7 +15,7 @@ from torch import Tensor
 
 from fin3r.errors import Fin3rError
 from fin3r.train.config import TrainConfig
-from fin3r.train.distributed import DistContext, min_across_ranks
+from fin3r.train.distributed import DistContext, gather_to_all, min_across_ranks
 
 #: the sample keys a batch needs (others, e.g. ``normals`` or ``key``, are not collated)
 BATCH_KEYS = ("img", "depth", "valid", "K", "cam2world")
@@ -62,6 +62,16 @@ def build_datasets(config: TrainConfig) -> dict[str, Any]:
         module, cls = REPLAY_READERS[name]
         out[name] = getattr(importlib.import_module(module), cls)(root, d.num_views, d.height, d.width, seed=config.seed)
     return out
+
+
+def check_same_data(datasets: dict[str, Any], ctx: DistContext) -> None:
+    """Every rank must index the same samples (the mixture deals indices, not files): compare the
+    data set sizes across ranks and name the first difference."""
+    sizes = {k: len(v) for k, v in datasets.items() if k != "heldout" and v is not None}
+    for rank, other in enumerate(gather_to_all(sizes, ctx)):
+        if other != sizes:
+            raise Fin3rError(f"rank {rank} sees other data than rank {ctx.rank} ({other} vs {sizes} samples): every "
+                             "node needs the same images and label cache (a shared file system or full copies)")
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,5 +167,5 @@ def accumulation_windows(batches: Iterator[Any], size: int) -> Iterator[list[Any
         yield window
 
 
-__all__ = ["BATCH_KEYS", "accumulation_windows", "REPLAY_READERS", "build_datasets", "collate", "epoch_plan", "load_batches", "make_sampler",
+__all__ = ["BATCH_KEYS", "accumulation_windows", "check_same_data", "REPLAY_READERS", "build_datasets", "collate", "epoch_plan", "load_batches", "make_sampler",
            "replay_sources", "set_data_epoch", "to_device"]

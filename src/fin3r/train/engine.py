@@ -42,8 +42,8 @@ from torch import nn
 from fin3r.config import save_config, to_dict
 from fin3r.errors import Fin3rError
 from fin3r.train.config import TrainConfig
-from fin3r.train.data import (accumulation_windows, build_datasets, collate, epoch_plan, load_batches, make_sampler,
-                              set_data_epoch)
+from fin3r.train.data import (accumulation_windows, build_datasets, check_same_data, collate, epoch_plan,
+                              load_batches, make_sampler, set_data_epoch)
 from fin3r.train.distributed import (DistContext, barrier, broadcast_from_main, resolve_device, setup_distributed,
                                      teardown, wrap_ddp)
 from fin3r.train.logging import MetricsLogger
@@ -145,6 +145,7 @@ def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datas
     torch.manual_seed(config.seed)
     base = (model if model is not None else load_base_model(config)).to(device)
     datasets = datasets if datasets is not None else build_datasets(config)
+    check_same_data(datasets, ctx)
     heldout = datasets["heldout"].to(device) if datasets.get("heldout") is not None else None
     base_norms = encoder_feature_norms(base.eval(), heldout) if heldout is not None and ctx.main else {}
     torch.manual_seed(config.seed)  # LoRA init independent of what ran before

@@ -31,13 +31,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 def frozen_bf16_candidates(blocks: list[nn.Module]) -> list[nn.Parameter]:
-    """The parameters ``frozen_weights: bf16`` stores in bf16: the frozen fp32 parameters of
-    ``blocks`` (the trunk's encoder and decoder blocks). Left in fp32: every trainable parameter,
-    the layers LoRA adapts (their frozen weight enters the re-normalisation and the adapter's base
-    hash), and everything outside ``blocks`` (patch embeddings, the norms around them, the heads)."""
+    """The parameters ``frozen_weights: bf16`` stores in bf16: the frozen fp32 weights and biases
+    of the linear layers inside ``blocks`` (the trunk's encoder and decoder blocks; nearly all of
+    their parameters), which autocast runs in low precision on every device. Left in fp32: every
+    trainable parameter, the layers LoRA adapts (their frozen weight enters the re-normalisation
+    and the adapter's base hash), norms and layer scales, and everything outside ``blocks``
+    (patch embeddings, the heads)."""
     from fin3r.lora import LoRALinear
 
-    return [p for block in blocks for module in block.modules() if not isinstance(module, LoRALinear)
+    return [p for block in blocks for module in block.modules()
+            if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear)
             for p in module.parameters(recurse=False) if not p.requires_grad and p.dtype == torch.float32]
 
 
