@@ -47,7 +47,7 @@ import torch
 
 from fin3r.config import load_config
 from fin3r.lora import inject_lora
-from fin3r.models.registry import build_model
+from fin3r.models import build_model
 from fin3r.train import TrainConfig
 from fin3r.train.data import collate
 from fin3r.train.model import LossModule, inject_encoder_lora, set_train_mode

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fin3r.config import load_config
-from fin3r.models.registry import build_model
+from fin3r.models import build_model
 from fin3r.train import TrainConfig
 from fin3r.train.memory import trace_saved_tensors
 from fin3r.train.model import inject_encoder_lora, set_train_mode

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from fin3r.models.registry import build_model
+from fin3r.models import build_model
 
 FAMILIES = [("dust3r_tiny", (32, 48), 2), ("mast3r_tiny", (32, 48), 2), ("cut3r_tiny", (32, 48), 2),
             ("vggt_tiny", (28, 42), 2)]

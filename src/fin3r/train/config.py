@@ -53,7 +53,7 @@ class DistillConfig:
 
 @dataclass
 class ReplayConfig:
-    """Multi-view replay (``fin3r.models.registry.replay_loss``), the model family's own criterion."""
+    """Multi-view replay (``fin3r.models.replay_loss``), the model family's own criterion."""
 
     weight: float = 1.0
     alpha: float = 0.2

@@ -152,7 +152,7 @@ def build_on_meta(config: TrainConfig) -> nn.Module:
     """The model ``config.model.name`` names (a registry architecture), built on the meta device,
     with LoRA injected and the training modes set as :func:`fin3r.train.train` does."""
     from fin3r.errors import Fin3rError
-    from fin3r.models.registry import MODEL_CONFIGS, build_model
+    from fin3r.models import MODEL_CONFIGS, build_model
     from fin3r.train.model import inject_encoder_lora, set_train_mode
 
     if config.model.name not in MODEL_CONFIGS:
