@@ -13,7 +13,7 @@ from fin3r.train.memory import trace_saved_tensors
 from fin3r.train.model import inject_encoder_lora, set_train_mode
 
 FAMILIES = [("dust3r_tiny", (32, 48), 2), ("mast3r_tiny", (32, 48), 2), ("cut3r_tiny", (32, 48), 3),
-            ("vggt_tiny", (28, 42), 2)]
+            ("vggt_tiny", (28, 42), 2), ("pi3_tiny", (28, 42), 2)]
 
 
 def _adapted(name):

@@ -12,7 +12,7 @@ import torch
 from fin3r.models import build_model
 
 FAMILIES = [("dust3r_tiny", (32, 48), 2), ("mast3r_tiny", (32, 48), 2), ("cut3r_tiny", (32, 48), 2),
-            ("vggt_tiny", (28, 42), 2)]
+            ("vggt_tiny", (28, 42), 2), ("pi3_tiny", (28, 42), 2)]
 
 
 def _float_outputs(pred) -> dict[str, torch.Tensor]:

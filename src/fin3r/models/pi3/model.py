@@ -35,7 +35,8 @@ from fin3r.models.layers.dinov2 import DinoV2Encoder
 from fin3r.models.heads.linear import LinearPatchHead
 from fin3r.models.layers.patch_embed import patch_positions
 from fin3r.models.layers.rope2d import RoPE2D
-from fin3r.models.layers.vggt_blocks import LayerScaleBlock, run_block
+from fin3r.models.layers.checkpointing import run_block
+from fin3r.models.layers.vggt_blocks import LayerScaleBlock
 from fin3r.models.pi3.configs import PI3_CONFIG, PI3X_CONFIG
 from fin3r.models.pi3.conv_head import ConvHead
 from fin3r.models.pi3.heads import CameraHead, TokenDecoder
@@ -117,6 +118,7 @@ class Pi3(Reconstructor):
     family: ClassVar[str] = "pi3"
     patch_size: ClassVar[int] = 14
     encoder_prefixes: ClassVar[tuple[str, ...]] = ("encoder.",)
+    checkpoint_block_lists: ClassVar[tuple[str, ...]] = ("encoder.blocks", "decoder")
     default_lora_targets: ClassVar[tuple[str, ...]] = ("encoder.blocks.*.attn.qkv",)
 
     def __init__(self, img_size: int = 518, patch_size: int = 14, embed_dim: int = 1024, encoder_depth: int = 24,
@@ -179,8 +181,6 @@ class Pi3(Reconstructor):
             self.metric_head = nn.Linear(metric_dim, 1)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-        #: activation checkpointing of the decoder blocks when computing gradients
-        self.grad_checkpointing = False
 
     # --- configuration ----------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -213,11 +213,6 @@ class Pi3(Reconstructor):
             return {"ckpt": None, "use_multimodal": False}
         return {"pos_type": f"rope{self._config['rope_freq']:g}", "decoder_size": "large"}
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Activation checkpointing of the encoder and decoder blocks."""
-        self.grad_checkpointing = enabled
-        self.encoder.grad_checkpointing = enabled
-
     # --- forward ----------------------------------------------------------------------------
     def normalize(self, imgs: Tensor) -> Tensor:
         """``[0, 1]`` images ``(..., 3, H, W)`` -> ImageNet-normalised (the model's buffers)."""
@@ -235,9 +230,9 @@ class Pi3(Reconstructor):
         n = len(self.decoder)
         for i, blk in enumerate(self.decoder):
             if i % 2 == 0:
-                x = run_block(blk, x.reshape(B * S, P, C), pos, self.grad_checkpointing)
+                x = run_block(blk, x.reshape(B * S, P, C), pos)
             else:
-                x = run_block(blk, x.reshape(B, S * P, C), pos_global, self.grad_checkpointing)
+                x = run_block(blk, x.reshape(B, S * P, C), pos_global)
             if i >= n - 2:
                 last.append(x.reshape(B * S, P, C))
         return torch.cat(last, dim=-1), pos
@@ -317,16 +312,17 @@ class Pi3(Reconstructor):
         """
         self.check_images(imgs, ndim=5)
         out = self(imgs)
-        poses = out["camera_poses"]
-        to_view0 = invert_rigid(poses[:, :1])  # (B, 1, 4, 4)
-        conf = confidence_from_logits(out["conf"][..., 0])
-        return ViewsPrediction(
-            pts3d=transform_points(to_view0, out["points"]), conf=conf, cam2world=to_view0 @ poses,
-            intrinsics=intrinsics_from_local_points(out["local_points"]), depth=out["local_points"][..., 2],
-            depth_conf=conf,
-            extras={"camera_poses": poses, "local_points": out["local_points"], "points": out["points"],
-                    "conf_logits": out["conf"][..., 0], **({"metric": out["metric"]} if "metric" in out else {})},
-        )
+        with torch.autocast(device_type=imgs.device.type, enabled=False):  # fp32, as the heads
+            poses = out["camera_poses"]
+            to_view0 = invert_rigid(poses[:, :1])  # (B, 1, 4, 4)
+            conf = confidence_from_logits(out["conf"][..., 0])
+            return ViewsPrediction(
+                pts3d=transform_points(to_view0, out["points"]), conf=conf, cam2world=to_view0 @ poses,
+                intrinsics=intrinsics_from_local_points(out["local_points"]), depth=out["local_points"][..., 2],
+                depth_conf=conf,
+                extras={"camera_poses": poses, "local_points": out["local_points"], "points": out["points"],
+                        "conf_logits": out["conf"][..., 0], **({"metric": out["metric"]} if "metric" in out else {})},
+            )
 
     def encode(self, img: Tensor) -> Tensor:
         """DINOv2 ``x_norm_patchtokens (B, h*w, C)`` -- what the decoder consumes."""
