@@ -18,7 +18,7 @@ from fin3r.train.config import TrainConfig
 from fin3r.train.distributed import DistContext, gather_to_all, min_across_ranks
 
 #: the sample keys a batch needs (others, e.g. ``normals`` or ``key``, are not collated)
-BATCH_KEYS = ("img", "depth", "valid", "K", "cam2world")
+BATCH_KEYS = ("img", "depth", "valid", "K", "cam2world", "teacher_conf")
 
 #: the real multi-view readers ``data.replay_roots`` may name: ``name -> (module, class)``
 REPLAY_READERS = {"hypersim": ("fin3r.data.hypersim", "HypersimViews"),
