@@ -27,7 +27,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fin3r.lora import LoRALinear, inject_lora, lora_parameters, merge_and_unload, merge_lora
+from fin3r.lora import LoRAMode, inject_lora, lora_modules, lora_parameters, merge_and_unload, merge_lora
+from fin3r.lora.modes import WeightRenorm
+
+
+class DenseNorm(WeightRenorm):
+    """``weight_row`` / ``weight_fro`` taking ``n(W + dW)`` of the materialised ``W + dW``."""
+
+    def adapted_norm_sq(self, layer):
+        return self.norm_sq(layer.base_weight() + layer.delta_weight())
+
+
+class Materialize(DenseNorm):
+    """Also multiplying by the materialised ``W'`` instead of scaling the output by ``g``."""
+
+    def forward(self, layer, x):
+        return F.linear(x, self.effective_weight(layer), layer.bias)
+
+
+def _variant(mode: LoRAMode, norm_impl: str, forward_impl: str) -> LoRAMode:
+    """The strategy to time: the library's, or one of the alternatives above."""
+    if not isinstance(mode, WeightRenorm) or (norm_impl, forward_impl) == ("gram", "gain"):
+        return mode
+    return (Materialize if forward_impl == "materialize" else DenseNorm)(mode.norm)
 
 
 class Attention(nn.Module):
@@ -107,15 +129,19 @@ def forward_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 def train_fn(model: nn.Module, x: torch.Tensor, norm_impl: str, forward_impl: str) -> Callable[[], None]:
     params = lora_parameters(model)
+    layers = list(lora_modules(model).values())
 
     def run() -> None:
-        LoRALinear.norm_impl, LoRALinear.forward_impl = norm_impl, forward_impl
+        library = [m.strategy for m in layers]
+        for m in layers:
+            m.strategy = _variant(m.strategy, norm_impl, forward_impl)
         try:
             for p in params:
                 p.grad = None
             model(x).square().mean().backward()
         finally:
-            LoRALinear.norm_impl, LoRALinear.forward_impl = "gram", "gain"
+            for m, strategy in zip(layers, library):
+                m.strategy = strategy
 
     return run
 
