@@ -17,7 +17,7 @@ missing detail); the exact commands are in ``docs/demo.md`` and in the card (pha
 ``init``).
 
 Reproducible from ``--seed`` (single-threaded CPU run); prints its trajectory (held-out figures
-from :func:`fin3r.demo.evaluate_world`) and writes, every ``--ckpt-every`` seconds and at the end:
+from :func:`fin3r.eval.world.evaluate_world`) and writes, every ``--ckpt-every`` seconds and at the end:
 
 - ``OUT`` (fp16 safetensors through ``fin3r.models.save_model``),
 - ``OUT`` with ``.json``: the card (recipe, steps, wall time, trajectory, final figures).
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    from fin3r.demo import blur_depth, evaluate_world, floor_figures, pair_batch, render_world_views, sample_pairs
+    from fin3r.data.world_views import blur_depth, pair_batch, render_world_views, sample_pairs
+    from fin3r.eval.world import evaluate_world, floor_figures
     from fin3r.models import replay_loss
     from fin3r.models.registry import build_model
     from fin3r.train.engine import lr_at  # linear warm-up, then half-cycle cosine (the engine's schedule)

@@ -5,9 +5,10 @@
 same readers and commands run end to end on a CPU machine:
 
 - ``<out>/world/`` -- MoGe's monocular layout (``.index.txt``, ``image.jpg``, log-encoded
-  ``depth.png``, ``meta.json`` with normalized intrinsics) plus ``edge.png``, the depth-edge pixels
-  (a 3x3 neighbour whose depth differs by more than ``edge_ratio``, or an invalid neighbour), so
-  "AbsRel on depth-edge pixels" can be reported; and ``benchmark.json`` (resolution, metric unit,
+  ``depth.png``, ``meta.json`` with normalized intrinsics) plus ``edge.png``, the edge pixels
+  (:func:`fin3r.eval.world.edge_mask`, the definition ``fin3r demo`` uses: where depth at a
+  16x coarser resolution misses the sharp depth by more than 5%), so "AbsRel on edge pixels"
+  can be reported; and ``benchmark.json`` (resolution, metric unit,
   recommended model input size). ``fin3r eval monodepth --benchmarks world``.
 - ``<out>/world_pairs/`` -- a ScanNet-1500-style pair list (SuperGlue's
   ``name0 name1 rot0 rot1 K0(9) K1(9) T_0to1(16)`` text format) with the colour images.
@@ -27,28 +28,9 @@ import torch
 from torch import Tensor
 
 from fin3r.eval.moge_layout import write_instance
+from fin3r.eval.world import edge_mask
 
-__all__ = ["export_world_benchmarks", "export_world_monodepth", "export_world_pairs", "export_world_scenes", "depth_edges"]
-
-
-def depth_edges(depth: Tensor, valid: Tensor, ratio: float = 1.1) -> Tensor:
-    """``(H, W)`` bool: valid pixels with a 3x3 neighbour whose depth differs by a factor
-    ``> ratio`` or that is invalid (sky / image border excluded)."""
-    d = torch.where(valid, depth, torch.zeros_like(depth))[None, None]
-    v = valid[None, None].float()
-    pad_d = torch.nn.functional.pad(d, (1, 1, 1, 1), mode="replicate")
-    pad_v = torch.nn.functional.pad(v, (1, 1, 1, 1), mode="replicate")
-    H, W = depth.shape
-    edge = torch.zeros(H, W, dtype=torch.bool)
-    for dy in range(3):
-        for dx in range(3):
-            if dy == 1 and dx == 1:
-                continue
-            nd = pad_d[0, 0, dy : dy + H, dx : dx + W]
-            nv = pad_v[0, 0, dy : dy + H, dx : dx + W] > 0
-            jump = torch.maximum(nd / depth.clamp_min(1e-6), depth / nd.clamp_min(1e-6)) > ratio
-            edge |= ~nv | jump
-    return edge & valid
+__all__ = ["export_world_benchmarks", "export_world_monodepth", "export_world_pairs", "export_world_scenes"]
 
 
 def _uint8(img: Tensor) -> np.ndarray:
@@ -81,7 +63,7 @@ def export_world_monodepth(out: Path, num_images: int, height: int, width: int, 
         depth = torch.where(s["valid"], s["depth"], torch.full_like(s["depth"], float("inf")))  # sky = far
         name = f"{i:04d}"
         write_instance(folder / name, _uint8(s["img"]), depth.numpy(), _normalized_K(s["K"], height, width),
-                       edge=depth_edges(s["depth"], s["valid"]).numpy())
+                       edge=edge_mask(s["depth"], s["valid"]).numpy())
         names.append(name)
     (folder / ".index.txt").write_text("\n".join(names) + "\n")
     spec = {"path": "world", "width": width, "height": height, "split": ".index.txt", "depth_unit": 1.0,

@@ -14,6 +14,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from fin3r.data.world_views import WorldViews, teacher_labels
+from fin3r.demo.config import DemoConfig, variant_label
 from fin3r.eval.alignment import absrel_scaled
 
 # Turbo colormap, polynomial approximation (Mikhailov 2019, Apache-2.0 formula), x in [0, 1].
@@ -137,4 +139,24 @@ def demo_figure(
     return path
 
 
-__all__ = ["colorize", "demo_figure"]
+@torch.no_grad()
+def write_figure(path, cfg: DemoConfig, eval_views: WorldViews, figure_depth: dict, results: dict, names) -> None:
+    """The figure: held-out views (image, teacher, base, fine-tuned, control, ground truth, error
+    maps) and the feature-norm bars of every model. ``figure_depth``: model name -> ``(n, H, W)``
+    monocular depth of views 0 of the first ``n`` held-out scenes."""
+    n = next(iter(figure_depth.values())).shape[0]
+    sub = WorldViews(eval_views.img[:n, :1], eval_views.depth[:n, :1], eval_views.valid[:n, :1],
+                     eval_views.K[:n, :1], eval_views.cam2world[:n, :1])
+    t_depth, _, _ = teacher_labels(cfg.teacher, sub)
+    images = sub.img[:, 0].float() / 255.0
+    main = [m for m in ("fin3r", "renorm_row_replay") if m in names][:1]
+    shown = ["base"] + main + (["replay_only"] if "replay_only" in names else [])
+    preds = {m: figure_depth[m] for m in shown}
+    labels = {m: variant_label(cfg, m) for m in results if m != "base"}
+    labels.update({"base": "base", "fin3r": "Fin3R (fine-tuned)", "replay_only": "control (replay only)"})
+    norms = {m: (results[m]["summary"]["norm_pre"], results[m]["summary"]["norm_post"]) for m in results}
+    demo_figure(path, images, sub.depth[:, 0], sub.valid[:, 0], t_depth[:, 0], preds, norms, labels,
+                teacher_name=f"teacher ({cfg.teacher})")
+
+
+__all__ = ["colorize", "demo_figure", "write_figure"]
