@@ -1,6 +1,6 @@
 """LoRA cost on a ViT-B-sized encoder (CPU): merged / output-mode inference and training steps.
 
-Prints, side by side in one run and for each thread count, the ratios the issue asks for:
+Prints, side by side in one run and for each thread count, the ratios fin3r targets:
 
 * merged ``weight_row`` forward / base forward            (target <= 1.02: it is the same graph)
 * train step (fwd + bwd, LoRA on qkv) ``weight_row`` / plain LoRA        (target <= 1.15)

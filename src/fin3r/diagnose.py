@@ -6,7 +6,7 @@ Fin3R reports the mean L2 norm of the encoder tokens the frozen decoder consumes
 - ``feat_norm``: :meth:`Reconstructor.encode` -- after the encoder's final norm (what the
   decoder sees; for DUSt3R a LayerNorm with affine parameters, so its scale is not fixed);
 - ``feat_norm_prenorm``: :meth:`Reconstructor.encode_prenorm` -- the residual stream before that
-  norm, where drift shows even when the final norm pins the output (see demo-feasibility.md).
+  norm, where drift shows even when the final norm pins the output (``docs/training.md``).
 
 :func:`encoder_feature_norms` is what the training engine logs every epoch;
 :func:`diagnose` is ``fin3r diagnose`` (JSON + histogram PNG).

@@ -30,8 +30,6 @@ __all__ = [
     "relative_pose",
     "quaternion_to_matrix",
     "matrix_to_quaternion",
-    "rotation_angle_deg",
-    "angle_between_deg",
     "scale_intrinsics",
     "crop_intrinsics",
     "align_scale",
@@ -184,27 +182,6 @@ def matrix_to_quaternion(R: Tensor) -> Tensor:
     q = torch.gather(cand, -2, best[..., None, None].expand(best.shape + (1, 4))).squeeze(-2)
     q = q / q.norm(dim=-1, keepdim=True)
     return torch.where(q[..., :1] < 0, -q, q)
-
-
-def rotation_angle_deg(R_a: Tensor, R_b: Tensor) -> Tensor:
-    """Geodesic angle between rotations ``(..., 3, 3)`` in degrees, in ``[0, 180]``.
-
-    Uses ``atan2(sin, cos)`` of the relative rotation (accurate for small angles too).
-    """
-    R = R_a.transpose(-1, -2) @ R_b
-    cos = (R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    axis = torch.stack(
-        (R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]), -1
-    )
-    sin = axis.norm(dim=-1) / 2
-    return torch.rad2deg(torch.atan2(sin, cos))
-
-
-def angle_between_deg(t_a: Tensor, t_b: Tensor) -> Tensor:
-    """Angle between vectors ``(..., 3)`` in degrees, in ``[0, 180]`` (0 if either is zero)."""
-    cross = torch.linalg.cross(t_a, t_b, dim=-1).norm(dim=-1)
-    dot = (t_a * t_b).sum(-1)
-    return torch.rad2deg(torch.atan2(cross, dot))
 
 
 def _pixel_affine(K: Tensor, a_x: Tensor, b_x: Tensor, a_y: Tensor, b_y: Tensor) -> Tensor:

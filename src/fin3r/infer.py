@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fin3r.colormap import colorize
 from fin3r.errors import InputError
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
 
@@ -157,24 +158,6 @@ def read_depth_png16(path: str | Path) -> np.ndarray:
         scale = float(im.text.get("depth_scale", "1.0"))
         values = np.asarray(im, dtype=np.float64)
     return (values * scale).astype(np.float32)
-
-
-def colorize(values: np.ndarray, valid: np.ndarray | None = None, lo: float = 2.0, hi: float = 98.0,
-             colormap: int | None = None) -> np.ndarray:
-    """``(H, W)`` values -> ``(H, W, 3)`` uint8 RGB with the turbo colour map, normalised to the
-    ``lo``-``hi`` percentiles of the valid values; invalid pixels black."""
-    import cv2
-
-    values = np.asarray(values, dtype=np.float64)
-    valid = np.isfinite(values) if valid is None else (valid & np.isfinite(values))
-    out = np.zeros((*values.shape, 3), dtype=np.uint8)
-    if not valid.any():
-        return out
-    a, b = np.percentile(values[valid], [lo, hi])
-    norm = np.clip((values - a) / max(b - a, 1e-12), 0, 1)
-    bgr = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_TURBO if colormap is None else colormap)
-    out[valid] = bgr[..., ::-1][valid]
-    return out
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
@@ -353,5 +336,5 @@ def _json_default(x):
 
 
 __all__ = ["list_images", "PreparedImage", "prepare_image", "target_size", "predict_mono", "predict_views",
-           "write_depth_png16", "read_depth_png16", "colorize", "write_png", "write_ply", "read_ply",
+           "write_depth_png16", "read_depth_png16", "write_png", "write_ply", "read_ply",
            "write_view_outputs", "write_cameras", "default_long_side", "run_inference"]

@@ -108,6 +108,11 @@ def _umask() -> int:
     return mask
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (flushed to disk unless ``fsync=False``)."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=fsync)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -48,6 +48,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from fin3r.data.views import DEPTH_KINDS
 from fin3r.errors import InputError
 from fin3r.geometry import (
     align_scale,
@@ -57,7 +58,6 @@ from fin3r.geometry import (
     transform_points,
 )
 
-DEPTH_KINDS = ("metric", "scale", "affine", "affine_disparity")
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
@@ -104,7 +104,7 @@ def distillation_loss(
     scale_clamp: tuple[float, float] = (1e-4, 1e4),
     teacher_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Confidence-weighted, alignment-invariant distillation of a teacher's depth (training.md §C.4-C.5).
+    """Confidence-weighted, alignment-invariant distillation of a teacher's depth (``docs/training.md``).
 
     Args:
         depth: ``(B, H, W)`` student depth (any positive scale).

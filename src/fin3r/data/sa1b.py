@@ -30,7 +30,7 @@ from fin3r.errors import InputError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-__all__ = ["ImageRef", "BadImage", "list_images", "read_image", "ImageReader", "SA1BImages", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageRef", "BadImage", "list_images", "ImageReader", "SA1BImages", "IMAGE_EXTENSIONS"]
 
 
 class BadImage(InputError):
@@ -163,15 +163,6 @@ class ImageReader:
 
     def __getstate__(self):  # open tar handles do not cross process boundaries
         return {"check_sa1b_json": self.check_sa1b_json, "_tars": {}}
-
-
-def read_image(ref: ImageRef) -> np.ndarray:
-    """One-off read of an image (``(H, W, 3)`` uint8); see :meth:`ImageReader.read`."""
-    reader = ImageReader()
-    try:
-        return reader.read(ref)
-    finally:
-        reader.close()
 
 
 class SA1BImages(torch.utils.data.Dataset):

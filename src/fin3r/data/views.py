@@ -1,6 +1,6 @@
 """The sample contract and the crops/resizes that keep images, depth and intrinsics consistent.
 
-A *view* (mono sample) is a dict (DESIGN.md):
+A *view* (mono sample) is a dict:
 
     img        (3, H, W) float32 in [0, 1]
     depth      (H, W) float32, planar z; 0 = invalid
@@ -46,8 +46,9 @@ __all__ = [
     "crop_box_for",
 ]
 
+#: what a depth label is known up to: metres, one scale per image, scale and shift, or inverse
+#: depth up to scale and shift (the one list; teachers, samples and losses use it)
 DEPTH_KINDS = ("metric", "scale", "affine", "affine_disparity")
-_IMAGE_KEYS = ("img",)
 _PIXEL_KEYS = ("depth", "valid", "normals", "mask", "teacher_conf")  # per-pixel fields resampled by nearest
 
 

@@ -9,7 +9,7 @@ teacher sees and a blurry base model misses: thin structures, sharp depth edges,
 and shading (Lambert, a point light with distance fall-off, optional cast shadows) that ties image
 intensity to surface orientation.
 
-Conventions (DESIGN.md): world frame z up, metres; cameras OpenCV (x right, y down, z forward),
+Conventions: world frame z up, metres; cameras OpenCV (x right, y down, z forward),
 ``cam2world`` 4x4; intrinsics ``K`` in pixels with the centre of pixel (row i, col j) at
 (u=j, v=i). Rays are cast through pixel centres with direction ``R K^-1 [u, v, 1]^T`` whose
 camera-frame z is 1, so the hit parameter *is* the planar depth -- exact, no resampling.
@@ -968,7 +968,7 @@ class WorldMonoDataset(_WorldBase):
     from ``scene_seed_for(seed, scene, split)``: train/test disjoint). Each view comes from its own
     camera cluster draw, so views of one scene differ in position and direction.
 
-    Returns the sample dict (DESIGN.md): ``img (3, H, W)`` float32 [0, 1], ``depth (H, W)`` planar
+    Returns the sample dict (the contract of :mod:`fin3r.data.views`): ``img (3, H, W)`` float32 [0, 1], ``depth (H, W)`` planar
     metres (0 = invalid), ``valid (H, W)`` bool, ``K (3, 3)``, ``cam2world (4, 4)``,
     ``source="world"``, ``depth_kind="metric"``, plus ``normals (H, W, 3)`` (camera frame),
     ``scene_seed`` (int) and ``key`` (str, for ``render_from_key`` / the oracle teacher).

@@ -14,23 +14,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from fin3r.colormap import turbo
 from fin3r.data.world_views import WorldViews, teacher_labels
 from fin3r.demo.config import DemoConfig, variant_label
 from fin3r.eval.alignment import absrel_scaled
-
-# Turbo colormap, polynomial approximation (Mikhailov 2019, Apache-2.0 formula), x in [0, 1].
-_TURBO_R = (0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943)
-_TURBO_G = (0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604)
-_TURBO_B = (0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973)
-
-
-def colorize(x: np.ndarray) -> np.ndarray:
-    """``(H, W)`` values in [0, 1] -> ``(H, W, 3)`` uint8 turbo colours."""
-    x = np.clip(x, 0.0, 1.0)
-    powers = np.stack([x**i for i in range(6)], -1)
-    rgb = np.stack([powers @ np.array(c) for c in (_TURBO_R, _TURBO_G, _TURBO_B)], -1)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-
 
 def _font(size: int):
     try:
@@ -84,7 +71,7 @@ def demo_figure(
 
         def shade(d: Tensor) -> np.ndarray:
             inv = (1.0 / d.clamp_min(1e-6) - 1.0 / hi) / max(1.0 / lo - 1.0 / hi, 1e-9)  # near = bright
-            return colorize(torch.where(m, inv, torch.zeros_like(inv)).numpy())
+            return turbo(torch.where(m, inv, torch.zeros_like(inv)).numpy())
 
         k = 0
         cols[k][1].append((images[i].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8))
@@ -97,7 +84,7 @@ def demo_figure(
             cols[k][1].append(shade(aligned))
             k += 1
             err = ((aligned - gt).abs() / gt.clamp_min(1e-6)).clamp(0, 0.3) / 0.3
-            err_cols[j][1].append(colorize(torch.where(m, err, torch.zeros_like(err)).numpy()))
+            err_cols[j][1].append(turbo(torch.where(m, err, torch.zeros_like(err)).numpy()))
         cols[k][1].append(shade(gt))
     cols += err_cols
 
@@ -159,4 +146,4 @@ def write_figure(path, cfg: DemoConfig, eval_views: WorldViews, figure_depth: di
                 teacher_name=f"teacher ({cfg.teacher})")
 
 
-__all__ = ["colorize", "demo_figure", "write_figure"]
+__all__ = ["demo_figure", "write_figure"]

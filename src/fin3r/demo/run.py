@@ -17,6 +17,7 @@ from fin3r.demo.figure import write_figure
 from fin3r.demo.report import build_report, report_markdown
 from fin3r.demo.runner import measure_threads, run_variants, variant_train_config
 from fin3r.eval.world import evaluate_world, floor_figures
+from fin3r.io import write_text_atomic
 
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
@@ -65,8 +66,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
         write_figure(out / "figure.png", cfg, eval_views, figure_depth, results, names)
     report["timings_s"] = clock.timings
     report["total_s"] = round(time.time() - clock.start, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(report_markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_text_atomic(out / "report.md", report_markdown(report))
     torch.set_num_threads(threads_before)
     return report
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fin3r.data.views import DEPTH_KINDS
 from fin3r.errors import InputError
-from fin3r.teachers.base import TEACHER_DEPTH_KINDS, Teacher, TeacherOutput
+from fin3r.teachers.base import Teacher, TeacherOutput
 
-__all__ = ["Teacher", "TeacherOutput", "TEACHER_DEPTH_KINDS", "load_teacher"]
+__all__ = ["DEPTH_KINDS", "Teacher", "TeacherOutput", "load_teacher"]
 
 
 def _parse_oracle(rest: str) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from torch import Tensor
 
 from fin3r.errors import InputError
 
-TEACHER_DEPTH_KINDS = ("metric", "scale", "affine", "affine_disparity")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

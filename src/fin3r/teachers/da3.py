@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fin3r.data.views import DEPTH_KINDS
 from fin3r.errors import CheckpointError, Fin3rError
-from fin3r.teachers.base import TEACHER_DEPTH_KINDS, Teacher, TeacherOutput
+from fin3r.teachers.base import Teacher, TeacherOutput
 from fin3r.teachers.spec import parse_options, split_path_options
 
 __all__ = ["DA3Teacher", "da3_teacher_from_spec", "da3_input_size", "da3_depth_kind", "DA3_INSTALL"]
@@ -96,8 +97,8 @@ def _process_res(text: str) -> int:
 
 
 def _kind(text: str) -> str:
-    if text not in TEACHER_DEPTH_KINDS:
-        raise ValueError(f"must be one of {TEACHER_DEPTH_KINDS}")
+    if text not in DEPTH_KINDS:
+        raise ValueError(f"must be one of {DEPTH_KINDS}")
     return text
 
 

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fin3r.data.views import DEPTH_KINDS
 from fin3r.errors import CheckpointError, Fin3rError, InputError
-from fin3r.teachers.base import TEACHER_DEPTH_KINDS, Teacher, TeacherOutput
+from fin3r.teachers.base import Teacher, TeacherOutput
 from fin3r.teachers.spec import parse_options, parse_size, split_path_options
 
 _METRIC_TYPES = {"zoedepth", "glpn"}
@@ -103,8 +104,8 @@ class HFDepthTeacher(Teacher):
         self.device = torch.device(device)
         self.is_depth_pro = model_type == "depth_pro"
         self.depth_kind = depth_kind or _kind_from_config(self.model.config)
-        if self.depth_kind not in TEACHER_DEPTH_KINDS:
-            raise InputError(f"hf teacher: depth kind {self.depth_kind!r} is not one of {TEACHER_DEPTH_KINDS}")
+        if self.depth_kind not in DEPTH_KINDS:
+            raise InputError(f"hf teacher: depth kind {self.depth_kind!r} is not one of {DEPTH_KINDS}")
         proc: dict[str, Any] = {}
         if (folder / "preprocessor_config.json").is_file():
             proc = json.loads((folder / "preprocessor_config.json").read_text())
@@ -165,8 +166,8 @@ def _depth_pro_depth(pred: Tensor, fov_deg: Tensor | None, H: int, W: int) -> Te
 
 
 def _depth_kind(text: str) -> str:
-    if text not in TEACHER_DEPTH_KINDS:
-        raise ValueError(f"kind must be one of {TEACHER_DEPTH_KINDS}")
+    if text not in DEPTH_KINDS:
+        raise ValueError(f"kind must be one of {DEPTH_KINDS}")
     return text
 
 

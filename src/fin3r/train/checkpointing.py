@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write, safe_torch_load
+from fin3r.io import atomic_torch_save, safe_torch_load
 
 FORMAT = "fin3r-train-state-v1"
 
@@ -62,11 +62,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
-
-
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write a resumable training checkpoint (``state`` as built by the engine) atomically."""
     atomic_torch_save({"format": FORMAT, **state}, path)
@@ -83,4 +78,4 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-__all__ = ["atomic_torch_save", "capture_rng", "load_training_state", "restore_rng", "save_training_state"]
+__all__ = ["capture_rng", "load_training_state", "restore_rng", "save_training_state"]

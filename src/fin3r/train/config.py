@@ -1,7 +1,7 @@
 """The typed configuration of ``fin3r train`` (YAML + ``key=value`` overrides, see ``fin3r.config``).
 
 Every field has a default that runs the synthetic-world recipe on the CPU; ``configs/*.yaml`` hold
-the real-checkpoint recipes. Defaults follow ``shared/research/training.md`` §C.7 unless stated.
+the real-checkpoint recipes. Defaults follow the paper's recipe (``docs/training.md``) unless stated.
 """
 
 from __future__ import annotations

@@ -113,13 +113,4 @@ class MetricsLogger:
             self._tb = None
 
 
-def read_metrics(out_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The records of ``out_dir/metrics.jsonl`` (optionally only one ``kind``)."""
-    path = Path(out_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
-
-
-__all__ = ["MetricsLogger", "read_metrics"]
+__all__ = ["MetricsLogger"]

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write, read_safetensors, safe_torch_load
+from fin3r.io import atomic_torch_save, read_safetensors, safe_torch_load
 from fin3r.models.croco.dust3r import Dust3r
 from fin3r.models.croco.mast3r import Mast3r
 from fin3r.models.heads.dpt_croco import dpt_widths_from_state_dict
@@ -236,7 +236,7 @@ def save_official_pth(model: Dust3r, path: str | os.PathLike) -> Path:
     widths load here only (the official constructor hard-codes the widths)."""
     sd = {k: v.detach().cpu() for k, v in model.official_state_dict().items()}
     obj = {"model": sd, "args": argparse.Namespace(model=constructor_string(model))}
-    return atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    return atomic_torch_save(obj, path, fsync=False)
 
 
 def hf_config(model: Dust3r) -> dict[str, Any]:

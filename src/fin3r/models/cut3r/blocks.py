@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fin3r.models.layers.attention import Attention
@@ -29,16 +28,11 @@ class HalfRoPEAttention(Attention):
     ``q -> fp16 -> RoPE (computed in fp32, result rounded to fp16) -> q.dtype``; v is untouched.
     """
 
-    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, heads, N, d)
-        if self.rope is not None:
-            cos, sin = self.rope.cos_sin(pos, q.shape[-1])
-            q = self.rope.rotate(q.to(torch.float16), cos, sin).to(q.dtype)
-            k = self.rope.rotate(k.to(torch.float16), cos, sin).to(k.dtype)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+    def rope_qk(self, q: Tensor, k: Tensor, pos: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.rope is None:
+            return q, k
+        q16, k16 = super().rope_qk(q.to(torch.float16), k.to(torch.float16), pos)
+        return q16.to(q.dtype), k16.to(k.dtype)
 
 
 def cut3r_encoder_block(dim: int, num_heads: int, mlp_ratio: float = 4.0, rope: RoPE2D | None = None) -> Block:

@@ -40,7 +40,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write, read_safetensors, safe_torch_load
+from fin3r.io import atomic_torch_save, read_safetensors, safe_torch_load
 from fin3r.models.cut3r.model import Cut3r
 from fin3r.models.heads.dpt_croco import dpt_widths_from_state_dict
 from fin3r.models.io import (
@@ -337,7 +337,7 @@ def save_official_pth(model: Cut3r, path: str | os.PathLike) -> Path:
     DPT widths load here only, the official constructor hard-codes the widths)."""
     sd = {k: v.detach().cpu() for k, v in model.official_state_dict().items()}
     obj = {"model": sd, "args": argparse.Namespace(model=constructor_string(model.config_dict()))}
-    return atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    return atomic_torch_save(obj, path, fsync=False)
 
 
 def hf_config(model: Cut3r) -> dict[str, Any]:

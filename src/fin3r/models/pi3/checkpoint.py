@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write
+from fin3r.io import atomic_torch_save
 from fin3r.models.io import (
     FIN3R_CONFIG_FILE,
     check_blocks,
@@ -161,7 +161,7 @@ def save_official(model: Pi3, path: str | os.PathLike) -> Path:
     """A plain state_dict (``torch.save``), what the official ``Pi3().load_state_dict`` (or, for the
     Pi3X heads, ``Pi3X(use_multimodal=False).load_state_dict``) takes."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.official_state_dict().items()}
-    return atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))
+    return atomic_torch_save(sd, path, fsync=False)
 
 
 __all__ = ["read", "detect", "check_config", "fallback_config", "save_official", "config_from_hf", "KEY_MARKER"]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write
+from fin3r.io import atomic_torch_save
 from fin3r.models.io import (
     FIN3R_CONFIG_FILE,
     check_blocks,
@@ -115,7 +115,7 @@ def check_config(config: dict[str, Any], state_dict: dict[str, Tensor], source: 
 def save_official(model: Vggt, path: str | os.PathLike) -> Path:
     """A plain state_dict (``torch.save``), what ``VGGT().load_state_dict`` takes."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.official_state_dict().items()}
-    return atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))
+    return atomic_torch_save(sd, path, fsync=False)
 
 
 __all__ = ["read_vggt_checkpoint", "read", "detect", "check_config", "save_official"]
