@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fin3r.errors import InputError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -70,8 +72,6 @@ def load_images(folder: str | Path, height: int, width: int, limit: int = 64) ->
     """Up to ``limit`` images of ``folder`` (sorted by name), resized (bilinear) and centre-cropped
     to ``height x width``: ``(N, 3, H, W)`` float in ``[0, 1]``."""
     from PIL import Image
-
-    from fin3r.errors import InputError
 
     folder = Path(folder)
     if not folder.is_dir():

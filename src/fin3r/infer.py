@@ -31,6 +31,7 @@ from torch import Tensor
 
 from fin3r.colormap import colorize
 from fin3r.errors import InputError
+from fin3r.geometry import invert_rigid, transform_points
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
 
 
@@ -317,8 +318,6 @@ def _z_in_own_frame(pred: ViewsPrediction, i: int) -> Tensor | None:
     its points are in view 0's frame and its camera is unknown)."""
     pts = pred.pts3d[0, i]
     if pred.cam2world is not None:
-        from fin3r.geometry import invert_rigid, transform_points
-
         return transform_points(invert_rigid(pred.cam2world[0, i].float()), pts.float())[..., 2]
     return pts[..., 2] if i == 0 else None
 

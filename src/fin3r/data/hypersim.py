@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from fin3r.data.sequences import BadFrame, SequenceViewsDataset
+from fin3r.data.views import make_view
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,6 @@ class HypersimViews(SequenceViewsDataset):
         return projection_to_K(M, height, width)
 
     def load_frame(self, name, frame: int) -> dict:
-        from fin3r.data.views import make_view
-
         scene, cam = name
         img_dir = self.root / scene / "images"
         color = _h5(img_dir / f"scene_{cam}_final_hdf5" / f"frame.{frame:04d}.color.hdf5")

@@ -32,8 +32,10 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from fin3r.data.label_channels import read_label_confidence, write_label_channels
-from fin3r.io import atomic_write
+from fin3r.data.sa1b import BadImage, ImageReader, list_images
+from fin3r.data.views import crop_resize_view, make_view
 from fin3r.errors import InputError
+from fin3r.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +226,6 @@ class LabelledImages(torch.utils.data.Dataset):
     def __init__(self, images_root: str | Path | Iterable[str | Path], labels_root: str | Path, height: int,
                  width: int, source: str = "sa1b", crop: str = "center", max_zoom: float = 1.0, seed: int = 0,
                  strict: bool = False):
-        from fin3r.data.sa1b import ImageReader, list_images
-
         roots = [images_root] if isinstance(images_root, (str, Path)) else list(images_root)
         refs = list_images(roots)
         self.labels_root = Path(labels_root)
@@ -252,9 +252,6 @@ class LabelledImages(torch.utils.data.Dataset):
 
     def load(self, index: int) -> dict:
         """The sample of ``index`` or an exception naming the bad file."""
-        from fin3r.data.sa1b import BadImage
-        from fin3r.data.views import crop_resize_view, make_view
-
         ref = self.refs[index]
         depth, mask, meta = read_label(self.labels_root, ref.key)
         H, W = depth.shape

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fin3r.data.views import crop_resize_view, stack_views
 from fin3r.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,6 @@ class SequenceViewsDataset(torch.utils.data.Dataset):
         return name, [frames[i] for i in ids]
 
     def load(self, index: int) -> dict:
-        from fin3r.data.views import crop_resize_view, stack_views
-
         name, frames = self.views_of(index)
         views = [self.load_frame(name, f) for f in frames]
         shapes = {tuple(v["img"].shape) for v in views}

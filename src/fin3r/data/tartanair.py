@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from fin3r.data.sequences import BadFrame, SequenceViewsDataset
+from fin3r.data.views import make_view
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,6 @@ class TartanAirViews(SequenceViewsDataset):
             log.warning("TartanAir: %d frames left out (e.g. %s)", len(self.missing), self.missing[0])
 
     def load_frame(self, name: str, frame: int) -> dict:
-        from fin3r.data.views import make_view
-
         traj = self.root / name
         img_path = traj / "image_left" / f"{frame:06d}_left.png"
         depth_path = traj / "depth_left" / f"{frame:06d}_left_depth.npy"

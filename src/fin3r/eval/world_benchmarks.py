@@ -27,7 +27,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fin3r.data.world import (
+    WorldMonoDataset,
+    WorldViewsDataset,
+    intrinsics_from_fov,
+    make_scene,
+    render_views,
+    sample_trajectory,
+    scene_seed_for,
+)
 from fin3r.eval.moge_layout import write_instance
+from fin3r.eval.relpose import Pair, write_superglue_pairs
+from fin3r.eval.scenes import write_7scenes_frame
 from fin3r.eval.world import edge_mask
 
 __all__ = ["export_world_benchmarks", "export_world_monodepth", "export_world_pairs", "export_world_scenes"]
@@ -52,8 +63,6 @@ def export_world_monodepth(out: Path, num_images: int, height: int, width: int, 
     """MoGe-layout monocular benchmark of ``num_images`` test views (see module doc)."""
     from tqdm.auto import tqdm
 
-    from fin3r.data.world import WorldMonoDataset
-
     folder = Path(out) / "world"
     folder.mkdir(parents=True, exist_ok=True)
     ds = WorldMonoDataset(num_images, height, width, seed=seed, split="test")
@@ -76,9 +85,6 @@ def export_world_monodepth(out: Path, num_images: int, height: int, width: int, 
 def export_world_pairs(out: Path, num_pairs: int, height: int, width: int, seed: int, progress: bool = False) -> Path:
     """ScanNet-1500-style pairs (SuperGlue text format ``pairs.txt``) of two overlapping test views."""
     from tqdm.auto import tqdm
-
-    from fin3r.data.world import intrinsics_from_fov, make_scene, render_views, sample_trajectory, scene_seed_for
-    from fin3r.eval.relpose import Pair, write_superglue_pairs
 
     folder = Path(out) / "world_pairs"
     (folder / "color").mkdir(parents=True, exist_ok=True)
@@ -109,9 +115,6 @@ def export_world_scenes(out: Path, num_scenes: int, views_per_scene: int, height
     """7-Scenes-layout multi-view scenes (``scene_XX/seq-01/frame-*.{color,depth,pose}``, depth in
     millimetres) with the exact intrinsics in ``intrinsics.txt``."""
     from tqdm.auto import tqdm
-
-    from fin3r.data.world import WorldViewsDataset
-    from fin3r.eval.scenes import write_7scenes_frame
 
     folder = Path(out) / "world_scenes"
     folder.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fin3r.data.world import render_from_key
 from fin3r.errors import InputError
 from fin3r.teachers.base import Teacher, TeacherOutput
 
@@ -84,8 +85,6 @@ class OracleTeacher(Teacher):
 
     def _ground_truth(self, img: Tensor, depth, valid, keys) -> tuple[Tensor, Tensor]:
         if depth is None and keys is not None:
-            from fin3r.data.world import render_from_key
-
             if len(keys) != img.shape[0]:
                 raise InputError(f"oracle: {len(keys)} keys for {img.shape[0]} images")
             views = [render_from_key(k) for k in keys]

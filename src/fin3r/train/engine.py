@@ -40,7 +40,9 @@ import torch
 from torch import nn
 
 from fin3r.config import save_config, to_dict
+from fin3r.diagnose import encoder_feature_norms
 from fin3r.errors import Fin3rError
+from fin3r.lora import save_adapter
 from fin3r.train.config import TrainConfig
 from fin3r.train.data import (accumulation_windows, build_datasets, check_same_data, collate, epoch_plan,
                               load_batches, make_sampler, set_data_epoch)
@@ -131,8 +133,6 @@ def train(
 
 def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datasets: dict[str, Any] | None,
            hooks: TrainHooks, resume: bool | str | os.PathLike) -> TrainResult:
-    from fin3r.diagnose import encoder_feature_norms
-
     device = resolve_device(config.device, ctx)
     amp_dtype = autocast_dtype(config.precision, device)
     out_dir = Path(config.out_dir)
@@ -221,8 +221,6 @@ def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datas
     base.eval()
     adapter_path = None
     if ctx.main:
-        from fin3r.lora import save_adapter
-
         adapter_path = out_dir / "adapter.safetensors"
         save_adapter(base, adapter_path, base_name=config.model.name, step=state.step, epochs=state.epoch,
                      train_config=to_dict(config))
@@ -296,9 +294,6 @@ class _Reporter:
         ``state.history``; the epoch's adapter snapshot."""
         if not self.ctx.main:
             return
-        from fin3r.diagnose import encoder_feature_norms
-        from fin3r.lora import save_adapter
-
         record: dict[str, Any] = {"kind": "epoch", "epoch": state.epoch, "step": state.step, "skipped": state.skipped}
         record.update({f"loss_{s}": sum(v) / len(v) for s, v in losses.items()})
         model.eval()
