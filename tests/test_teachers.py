@@ -241,3 +241,14 @@ def test_hf_teacher_bf16_autocast_close_to_fp32(tmp_path):
     m = ref.mask & low.mask
     assert not torch.equal(low.depth, ref.depth)  # bf16 did run
     assert torch.median((low.depth[m] - ref.depth[m]).abs() / ref.depth[m].abs().clamp_min(1e-3)) < 0.05
+
+
+def test_ensemble_median_of_an_even_count_is_the_middle_mean():
+    from fin3r.teachers.ensemble import median_and_confidence
+
+    aligned = torch.tensor([1.0, 2.0, 4.0, 10.0]).view(4, 1, 1, 1).expand(4, 1, 1, 2).clone()
+    masks = torch.ones(4, 1, 1, 2, dtype=torch.bool)
+    masks[3, 0, 0, 1] = False  # second pixel: members 1, 2, 4 only
+    label, mask, conf = median_and_confidence(aligned, masks, "scale", tau=0.05, min_members=2)
+    assert torch.allclose(label[0, 0], torch.tensor([3.0, 2.0])) and mask.all()
+    assert conf[0, 0, 0] < conf[0, 0, 1] < 1  # the wider spread is the less confident

@@ -98,3 +98,26 @@ def test_da3_label_and_bad_folders(tmp_path, capsys):
         load_teacher(f"da3:{tmp_path / 'da3'}#focus=3")
     assert main(["label", "--teacher", f"da3:{tmp_path / 'nothing'}", "--images", str(tmp_path / "imgs"),
                  "--out", str(tmp_path / "l2")]) != 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("moge") is None, reason="MoGe's package is not installed")
+def test_ensemble_of_moge_and_da3(tmp_path):
+    """``ensemble:moge:...,da3:...``: DA3's affine depth is aligned (scale + shift) to MoGe-2's metric
+    depth; the other order works too (affine reference); a relative-disparity member after a
+    depth reference is refused."""
+    from fin3r.errors import InputError
+    from fin3r.teachers.tiny import save_tiny_da3, save_tiny_depth_anything, save_tiny_moge
+
+    save_tiny_moge(tmp_path / "moge" / "model.pt", 2)
+    save_tiny_da3(tmp_path / "da3", "mono")
+    img = torch.rand(1, 3, 30, 40)
+    t = load_teacher(f"ensemble:moge:{tmp_path / 'moge' / 'model.pt'},da3:{tmp_path / 'da3'}")
+    assert t.depth_kind == "metric" and [m.name.split(":")[0] for m in t.members] == ["moge2", "da3"]
+    out = t.predict(img)
+    assert out.mask.any() and (out.depth[out.mask] > 0).all() and "normals" in out.extras
+    conf = out.extras["confidence"]
+    assert ((conf[out.mask] > 0) & (conf[out.mask] <= 1)).all() and (conf[~out.mask] == 0).all()
+    assert load_teacher(f"ensemble:da3:{tmp_path / 'da3'},moge:{tmp_path / 'moge' / 'model.pt'}").depth_kind == "affine"
+    save_tiny_depth_anything(tmp_path / "da2")
+    with pytest.raises(InputError, match="cannot be aligned"):
+        load_teacher(f"ensemble:moge:{tmp_path / 'moge' / 'model.pt'},hf:{tmp_path / 'da2'}")

@@ -11,10 +11,13 @@ sa_*.tar) and stores, per image key <source>/<name>:
   <key>.depth.png   16-bit log-encoded depth (MoGe's convention; --format npy: float16 .npy)
   <key>.mask.png    where the teacher's label is defined
   <key>.json        teacher name/version, depth_kind, resolution, encoding range, image path
+  <key>.normal.png  (optional) the teacher's normals (MoGe-2 -normal checkpoints), 16-bit RGB
+  <key>.conf.png    (optional) the label's confidence (ensemble teachers), 16-bit
 
 Teachers: moge:<model.pt> (MoGe-1: depth up to scale; MoGe-2: metric, plus normals for -normal
 checkpoints), hf:<folder> (a local transformers depth model; relative Depth Anything / DPT outputs
-are stored as disparity with depth_kind affine_disparity), depthpro:<folder> (Depth Pro, metric),
+are stored as disparity with depth_kind affine_disparity), da3:<folder> (Depth Anything 3: mono
+affine depth, metric with #focal=<px>), depthpro:<folder> (Depth Pro, metric),
 ensemble:<spec>,<spec>,... (median of aligned members + agreement confidence, <key>.conf.png),
 oracle[:noise=..,blur=..,pool=..] (ground truth of images exported from fin3r's synthetic world --
 NOT a model; the label says so).
@@ -66,7 +69,7 @@ def _shard_and_device(shard: tuple[int, int] | None, device: str) -> tuple[int, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True,
-                        help="moge:<model.pt>[#opts] | hf:<folder>[#kind=..,size=HxW] | depthpro:<folder> | "
+                        help="moge:<model.pt>[#opts] | da3:<folder>[#opts] | hf:<folder>[#kind=..,size=HxW] | depthpro:<folder> | "
                              "ensemble:<spec>,<spec>,... | oracle[:opts] (docs/data.md)")
     parser.add_argument("--images", required=True, nargs="+", metavar="DIR|TAR",
                         help="image folders (searched recursively), .tar shards or image files")

@@ -2,7 +2,7 @@
 
 Every member labels the image; each member after the first is aligned to the first (the
 *reference*) per image, in the reference's space; the label is the per-pixel **median** of the
-aligned members, and its **confidence** is how well they agree:
+aligned members (for an even count, the mean of the two middle ones), and its **confidence** is how well they agree:
 
     spread_p = mean_m | a_m,p - median_p | / scale        (a_m = aligned member m)
     conf_p   = exp(-spread_p / tau)                          (in (0, 1]; tau = 0.05 by default)
@@ -116,8 +116,13 @@ def median_and_confidence(aligned: Tensor, masks: Tensor, kind: str, tau: float,
     """
     nan = torch.full_like(aligned, float("nan"))
     values = torch.where(masks, aligned, nan)
-    label = torch.nanmedian(values, dim=0).values  # lower median for an even count
     count = masks.sum(0)
+    # the median of the defined members: the mean of the two middle ones for an even count
+    ordered = torch.sort(torch.where(masks, aligned, torch.full_like(aligned, float("inf"))), dim=0).values
+    lo = ((count - 1).clamp_min(0) // 2)[None]
+    hi = (count // 2).clamp_max(aligned.shape[0] - 1)[None]
+    label = 0.5 * (ordered.gather(0, lo) + ordered.gather(0, hi))[0]
+    label = torch.where(count > 0, label, torch.full_like(label, float("nan")))
     mask = (count >= min_members) & torch.isfinite(label)
     if kind != "affine_disparity":
         mask &= label > 0
