@@ -19,7 +19,7 @@ dry-run estimate (``fin3r train --dry-run``, ``fin3r.train.memory``) over the me
 ``--vs-full``: Fin3R (LoRA r8 on qkv) against full fine-tuning of a ViT-B-sized DUSt3R, step time,
 trainable parameters and AdamW state.
 
-``--device cuda`` (a GPU machine): for every recipe in ``configs/{dust3r,mast3r,cut3r,vggt}.yaml``
+``--device cuda`` (a GPU machine): for every recipe in ``configs/{dust3r,mast3r,cut3r,vggt,pi3}.yaml``
 at the paper's settings (its resolution, views, per-GPU batch, bf16 autocast, checkpointing as the
 recipe says), samples/s and ``torch.cuda.max_memory_allocated`` of training steps on synthetic data.
 
@@ -244,7 +244,9 @@ def run_cuda(args) -> None:
         print("--device cuda: no CUDA device on this machine; nothing measured")
         return
     device = torch.device("cuda")
-    for recipe in ("dust3r", "mast3r", "cut3r", "vggt"):
+    for recipe in ("dust3r", "mast3r", "cut3r", "vggt", "pi3"):
+        if not (ROOT / "configs" / f"{recipe}.yaml").is_file():
+            continue
         config = load_config(TrainConfig, ROOT / "configs" / f"{recipe}.yaml", [])
         d = config.data
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

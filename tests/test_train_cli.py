@@ -12,13 +12,14 @@ from fin3r.train import TrainConfig
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["world_tiny", "dust3r", "mast3r", "cut3r", "vggt"])
+@pytest.mark.parametrize("name", ["world_tiny", "dust3r", "mast3r", "cut3r", "vggt", "pi3"])
 def test_shipped_configs_parse(name):
     config = load_config(TrainConfig, CONFIGS / f"{name}.yaml")
     from fin3r.models import MODEL_CONFIGS
 
     assert config.model.name in MODEL_CONFIGS
     assert config.lora.targets == ["qkv"] and config.lora.rank == 8 and config.lora.alpha == 8.0
+    assert config.grad_checkpointing == (name != "world_tiny")  # on in every full-size recipe
 
 
 def test_print_config_and_bad_key(capsys):
