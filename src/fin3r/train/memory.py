@@ -12,9 +12,12 @@ their inputs, and the backward pass recomputes one block at a time:
 ``saved outside the blocks + the blocks' inputs + the largest one block saves``.
 
 The loss is not traced (it needs real values); its per-pixel terms are small next to the trunk's.
-Activations are traced in fp32: under bf16/fp16 autocast the trunk's are smaller, so the fp32
-figure is an upper bound. ``benchmarks/train.py`` measures real peaks on the CPU and prints the
-ratio estimate / measured.
+Activations are traced in fp32. Under bf16/fp16 autocast the trunk's activations are smaller,
+but autocast also keeps, for the backward pass, a low-precision copy of every frozen weight it
+casts: once per micro-batch, not per sample, and only until a checkpointed block is left. So
+with checkpointing the fp32 trace bounds the autocast run; without it the total adds those
+copies (:attr:`MemoryEstimate.autocast_weight_copies`) when the config runs autocast.
+``benchmarks/train.py`` measures real peaks on the CPU and prints the ratio estimate / measured.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
+from fin3r.lora import lora_modules
 from fin3r.train.config import TrainConfig
 from fin3r.train.precision import frozen_bf16_candidates
 
@@ -129,6 +133,8 @@ class MemoryEstimate:
     grad_bytes: int
     optimizer_bytes: int
     bf16_saving: int = 0
+    autocast_weight_copies: int = 0
+    autocast: bool = False
     grad_checkpointing: bool = False
     frozen_weights: str = "fp32"
     activations: dict[str, int] = field(default_factory=dict)
@@ -142,7 +148,14 @@ class MemoryEstimate:
         samples' activations, plus :data:`HEADROOM`."""
         weights = self.weight_bytes - (self.bf16_saving if self.frozen_weights == "bf16" else 0)
         need = weights + self.grad_bytes + self.optimizer_bytes + self.batch_size * self.per_sample(checkpointing)
+        if self.autocast and not checkpointing:
+            need += self.autocast_weight_copies if self.frozen_weights == "fp32" else self.adapted_copies
         return int(need / (1.0 - HEADROOM))
+
+    @property
+    def adapted_copies(self) -> int:
+        """Low-precision copies autocast keeps of the LoRA-adapted layers' fp32 weights."""
+        return self.autocast_weight_copies - self.bf16_saving
 
     def fits(self, gib: float, checkpointing: bool) -> bool:
         return self.total(checkpointing) <= gib * GIB
@@ -198,6 +211,9 @@ def estimate_memory(config: TrainConfig, model: nn.Module | None = None) -> Memo
         grad_bytes=n_trainable * 4,
         optimizer_bytes=n_trainable * 8,  # AdamW: exp_avg + exp_avg_sq in fp32
         bf16_saving=sum(p.numel() * 2 for p in frozen_bf16_candidates(checkpoint_blocks(model))),
+        autocast_weight_copies=sum(p.numel() * 2 for p in frozen_bf16_candidates(checkpoint_blocks(model)))
+        + sum(m.weight.numel() * 2 for m in lora_modules(model).values()),
+        autocast=config.precision != "fp32",  # auto: bf16/fp16 autocast on the GPUs this estimate is for
         grad_checkpointing=config.grad_checkpointing, frozen_weights=config.frozen_weights,
         activations={k: t.total for k, t in traces.items()},
         activations_ckpt={k: t.checkpointed for k, t in traces.items()},
@@ -214,7 +230,7 @@ def format_estimate(e: MemoryEstimate) -> str:
         f"({e.params_trainable / max(1, e.params_total):.4%})",
         f"weights {gib(e.weight_bytes)} (fp32; frozen_weights=bf16 saves {gib(e.bf16_saving)}), "
         f"gradients {gib(e.grad_bytes)}, AdamW state {gib(e.optimizer_bytes)}",
-        f"activations per sample at {e.height}x{e.width}, {e.views} views (fp32, upper bound under autocast):",
+        f"activations per sample at {e.height}x{e.width}, {e.views} views (traced in fp32):",
     ]
     for kind in e.activations:
         lines.append(f"  {kind:7s} {gib(e.activations[kind])} without checkpointing, "
@@ -225,6 +241,9 @@ def format_estimate(e: MemoryEstimate) -> str:
         mark = "  <- this config" if ckpt == e.grad_checkpointing else ""
         lines.append(f"batch {e.batch_size} per GPU, frozen weights {e.frozen_weights}, checkpointing "
                      f"{'on ' if ckpt else 'off'}: about {gib(total)} (incl. {HEADROOM:.0%} headroom) -> fits {fits}{mark}")
+    if e.autocast:
+        lines.append(f"(with autocast and checkpointing off, the total includes the {gib(e.autocast_weight_copies)} of "
+                     "low-precision weight copies autocast keeps for backward, once per micro-batch)")
     return "\n".join(lines)
 
 
