@@ -188,8 +188,12 @@ def test_run_demo_tiny_end_to_end(tmp_path):
     assert report["training"]["fin3r"]["steps"] == 4 and report["training"]["replay_only"]["steps"] == 4
     vc = report["vs_control"]["fin3r"]["edge_abs_rel"]
     assert vc["n"] == 4 and math.isfinite(vc["diff"])
-    for f in ("report.json", "report.md", "figure.png"):
+    for f in ("report.json", "report.md", "figure.png", "view.html"):
         assert (tmp_path / "demo" / f).is_file()
+    page = (tmp_path / "demo" / "view.html").read_text()  # the before/after viewer of the figure's pairs
+    data = json.loads(page.split('id="fin3r-data">', 1)[1].split("</script>", 1)[0])
+    assert data["labels"] == ["base", "Fin3R", "control (replay only)", "ground truth"] and len(data["scenes"]) == 2
+    assert len(data["scenes"][0]["models"]["ground truth"]["frusta"]) == 2
     assert "oracle" in (tmp_path / "demo" / "report.md").read_text().lower()
     loaded = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert loaded["teacher"] == "oracle" and "acceptance" in loaded

@@ -180,6 +180,22 @@ def test_cli_views_with_cameras(name, tmp_path):
         assert (out / f"{stem}_depth.png").is_file()  # every view's depth in its own camera is known
         total += len(pts)
     assert len(read_ply(out / "scene.ply")[0]) == total
+    import trimesh
+
+    glb = trimesh.load(out / "scene.glb")  # valid glTF even where a random model's camera is not drawable
+    assert len(glb.geometry["points"].vertices) == total
+    if name.startswith("cut3r"):  # the COLMAP model holds the same cameras (centres) as cameras.json
+        import pycolmap
+
+        rec = pycolmap.Reconstruction(str(out / "colmap" / "sparse" / "0"))
+        assert sorted(im.name for im in rec.images.values()) == sorted(names)
+        for i, cam in enumerate(cams):
+            np.testing.assert_allclose(rec.images[i + 1].projection_center(), np.array(cam["cam2world"])[:3, 3],
+                                       atol=1e-5)
+            assert (out / "colmap" / "images" / rec.images[i + 1].name).is_file()
+        assert len(rec.points3D) == summary["colmap"]["points"] == total  # below --colmap-points
+    else:  # the random VGGT's focal lengths are not finite: no COLMAP model, said why
+        assert summary["colmap"].startswith("not written") and not (out / "colmap").exists()
     # a confidence threshold keeps exactly the pixels at or above it
     threshold = float(np.median(np.load(out / "v1_conf.npy")))
     out_thr = tmp_path / "out_thr"

@@ -21,16 +21,18 @@ def turbo(x: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def colorize(values: np.ndarray, valid: np.ndarray | None = None, lo: float = 2.0, hi: float = 98.0) -> np.ndarray:
+def colorize(values: np.ndarray, valid: np.ndarray | None = None, lo: float = 2.0, hi: float = 98.0,
+             value_range: tuple[float, float] | None = None) -> np.ndarray:
     """``(H, W)`` values -> ``(H, W, 3)`` uint8 turbo colours, normalised to the ``lo``-``hi``
-    percentiles of the valid (and finite) values; invalid pixels black."""
+    percentiles of the valid (and finite) values, or to ``value_range`` (one range shared by
+    several pictures); invalid pixels black."""
     values = np.asarray(values, dtype=np.float64)
     valid = np.isfinite(values) if valid is None else (valid & np.isfinite(values))
     out = np.zeros((*values.shape, 3), dtype=np.uint8)
     if not valid.any():
         return out
-    a, b = np.percentile(values[valid], [lo, hi])
-    rgb = turbo(np.clip((values - a) / max(b - a, 1e-12), 0, 1))
+    a, b = value_range if value_range is not None else np.percentile(values[valid], [lo, hi])
+    rgb = turbo(np.where(valid, np.clip((values - a) / max(b - a, 1e-12), 0, 1), 0.0))
     out[valid] = rgb[valid]
     return out
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from fin3r.errors import InputError
+from fin3r.media import open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ def load_images(folder: str | Path, height: int, width: int, limit: int = 64) ->
         raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     out = []
     for f in files:
-        im = Image.open(f).convert("RGB")
+        try:
+            im = Image.fromarray(open_rgb(f)[0])  # upright, as in labelling, training and inference
+        except Exception as e:
+            raise InputError(f"{f}: cannot read as an image ({e})") from e
         s = max(width / im.width, height / im.height)
         w, h = max(width, round(im.width * s)), max(height, round(im.height * s))
         im = im.resize((w, h), Image.BILINEAR)

@@ -7,11 +7,17 @@
       "<OfficialClass>(...)")}``, the layout of the released checkpoints and of
       ``dust3r.model.load_model``;
     * VGGT: a plain ``state_dict`` (``torch.save``), what ``VGGT().load_state_dict`` takes;
-    * ``fmt="hf"``: the Hugging Face folder (``config.json`` + ``model.safetensors``);
+    * ``fmt="hf"``: the Hugging Face folder (``config.json`` + ``model.safetensors``) with a model card;
     * ``fmt="safetensors"``: the official state_dict as one safetensors file (no code, no pickle).
 - ``output`` adapters (the released Fin3R layout) re-normalise each token at run time and cannot
   be merged: the adapter itself is written (safetensors, fin3r header with the base model's name
   and hash), so it can only be applied to the exact base it was trained on.
+- ``fmt="peft"``: any adapter, unmerged, in PEFT's layout (:mod:`fin3r.outputs.peft`: what PEFT
+  applies for each mode is said in the folder's ``README.md``).
+- ``fmt="hf"``: a folder ready for the Hugging Face Hub: the merged weights (``config.json`` +
+  ``model.safetensors``) or, for ``output`` adapters, the PEFT-layout adapter, and a model card
+  ``README.md`` (:mod:`fin3r.outputs.model_card`: licence inherited from the base, base model,
+  tags, training recipe, the before/after table of given evaluation results).
 
 Files load with plain ``torch`` (no fin3r installed): they contain only tensors, dicts and an
 ``argparse.Namespace``.
@@ -41,12 +47,23 @@ def _is_released(adapter: Path) -> bool:
     return adapter.suffix in (".pth", ".pt", ".bin")
 
 
+def _read_header(adapter: Path) -> dict:
+    """The fin3r header of an adapter in any format (``{}`` for a released ``*_lora.pth``)."""
+    if _is_released(adapter):
+        return {}
+    if adapter.is_dir():
+        from fin3r.outputs.peft import read_peft_folder
+
+        return read_peft_folder(adapter)[1]
+    return read_adapter(adapter)[1]
+
+
 def load_base_for_adapter(adapter: str | Path, model: str | None = None, checkpoint: str | None = None) -> nn.Module:
     """The base model an adapter was trained on: ``model`` (registry name or file; default the
     adapter header's ``base_name``; released adapters carry none) with ``checkpoint`` for registry
     names."""
     adapter = Path(adapter)
-    header = {} if _is_released(adapter) else read_adapter(adapter)[1]
+    header = _read_header(adapter)
     name = model or header.get("base_name")
     if not name:
         raise Fin3rError(f"{adapter}: the adapter does not name its base model; pass --model")
@@ -58,8 +75,11 @@ def export_adapter(
     out: str | Path,
     model: nn.Module | str | None = None,
     checkpoint: str | None = None,
-    fmt: Literal["auto", "pth", "hf", "safetensors"] = "auto",
+    fmt: Literal["auto", "pth", "hf", "safetensors", "peft"] = "auto",
     check_base: bool = True,
+    base_model_id: str | None = None,
+    license: str | None = None,
+    eval_results: tuple[str | Path, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Merge ``adapter`` into its base and write ``out``; returns a summary dict.
 
@@ -72,16 +92,39 @@ def export_adapter(
         fmt: ``"auto"`` (``.safetensors`` suffix -> safetensors, else the family's official
             ``.pth``), ``"pth"``, ``"hf"`` or ``"safetensors"``.
         check_base: refuse an adapter whose base hash differs from the given base weights.
+        base_model_id, license: the base's Hub repository and licence for the model card
+            (``fmt="hf"``; default: the known release of the adapter's ``base_name``).
+        eval_results: ``(base.json, tuned.json)`` results of ``fin3r eval`` for the card's
+            before/after table.
 
     Returns:
         ``{"kind": "merged" | "adapter", "path", "format", "family", "mode", "keys"}``.
     """
     adapter, out = Path(adapter), Path(out)
-    header = {} if _is_released(adapter) else read_adapter(adapter)[1]
+    header = _read_header(adapter)
     base = model if isinstance(model, nn.Module) else load_base_for_adapter(adapter, model, checkpoint)
     info = apply_adapter(base, adapter, check_base=check_base)
     family = getattr(base, "family", "")
     modes = {m.mode for m in lora_modules(base).values()}
+    mode_names = sorted(m or "none" for m in modes)
+    card = None
+    if fmt == "hf":  # the card describes the adapter as loaded (any input format), with its training record
+        from fin3r.lora import adapter_header
+
+        described = adapter_header(base, header.get("base_name", ""),
+                                   **{k: v for k, v in header.items() if k in ("step", "epochs", "train_config")})
+        card = _card_maker(described, family, base_model_id, license, eval_results)
+    if fmt == "peft" or (fmt == "hf" and not modes <= set(MERGEABLE_MODES)):
+        from fin3r.outputs.model_card import base_identity
+        from fin3r.outputs.peft import write_peft_folder
+
+        hub_id, _ = base_identity(header.get("base_name", ""), family, base_model_id, license)
+        write_peft_folder(base, out, base_name=header.get("base_name", ""), base_model_id=hub_id, readme=card is None,
+                          **{k: v for k, v in header.items() if k in ("step", "epochs", "train_config")})
+        if card is not None:  # the card says what PEFT applies, too
+            _write_card(out, card("adapter"))
+        return {"kind": "adapter", "path": str(out), "format": fmt, "family": family, "mode": mode_names,
+                "keys": len(info["targets"]) * 2}
     if not modes <= set(MERGEABLE_MODES):
         # the run-time re-normalisation cannot be folded into the weights
         if out.suffix != ".safetensors":
@@ -100,6 +143,7 @@ def export_adapter(
     sd = {k: v.detach().cpu().contiguous() for k, v in merged.official_state_dict().items()}
     if fmt == "hf":
         save_hf_folder(merged, out)
+        _write_card(out, card("merged"))
     elif fmt == "safetensors":
         # alias keys share storage with their originals; safetensors refuses shared tensors
         tensors = {k: v.clone() for k, v in sd.items()}
@@ -108,6 +152,32 @@ def export_adapter(
         save_official(merged, out)
     return {"kind": "merged", "path": str(out), "format": fmt, "family": family,
             "mode": sorted(m or "none" for m in modes), "keys": len(sd)}
+
+
+def _card_maker(header: dict, family: str, base_model_id: str | None, license: str | None,
+                eval_results: tuple | None):
+    """``kind -> README.md text`` (validates the evaluation files first, before anything is written)."""
+    from fin3r.outputs.model_card import model_card
+
+    table = None
+    if eval_results is not None:
+        from fin3r.eval.report import compare_results, load_result
+
+        for p in eval_results:
+            if not Path(p).is_file():
+                raise Fin3rError(f"--eval: missing result file {p}")
+        try:
+            table = compare_results(load_result(eval_results[0]), load_result(eval_results[1]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise Fin3rError(f"--eval: not fin3r eval results ({e})") from None
+    return lambda kind: model_card(family=family, base_name=header.get("base_name", ""), header=header, kind=kind,
+                                   base_model_id=base_model_id, license=license, eval_table=table)
+
+
+def _write_card(folder: Path, text: str) -> None:
+    from fin3r.io import write_text_atomic
+
+    write_text_atomic(Path(folder) / "README.md", text)
 
 
 __all__ = ["MERGEABLE_MODES", "export_adapter", "load_base_for_adapter"]

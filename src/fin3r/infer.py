@@ -12,14 +12,17 @@ Per image (``predict_mono``), in the output folder:
 
 Multi-view mode (``predict_views`` on all images as one set, e.g. S = 2 for DUSt3R/MASt3R) writes
 the same per-view files with points in view 0's frame (depth files only where the view's depth
-in its own camera is known: view 0, models with per-view depth or cameras), plus ``scene.ply`` and, where the model
-predicts cameras (VGGT, CUT3R), ``cameras.json`` via :func:`write_cameras` -- the hook for
-model-specific camera outputs.
+in its own camera is known: view 0, models with per-view depth or cameras), plus the fused,
+confidence-filtered cloud of :mod:`fin3r.outputs.scene` as ``scene.ply`` and ``scene.glb`` (with the
+camera frusta), ``cameras.json`` where the model predicts cameras (:func:`write_cameras`), and,
+where every view has a camera, a COLMAP sparse model with its images in ``colmap/``
+(:mod:`fin3r.outputs.colmap`). ``docs/outputs.md`` lists every file with its frame and units.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,9 +34,12 @@ from torch import Tensor
 
 from fin3r.colormap import colorize
 from fin3r.errors import InputError
-from fin3r.geometry import invert_rigid, transform_points
+from fin3r.media import Frame, is_video, open_rgb, read_video_frames
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
+from fin3r.outputs.ply import read_ply, write_ply
 
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -52,6 +58,15 @@ def list_images(path: str | Path) -> list[Path]:
     raise InputError(f"{path}: no such file or folder")
 
 
+def list_inputs(path: str | Path, fps: float | None = None, max_frames: int | None = None) -> list[Path | Frame]:
+    """What ``fin3r infer`` takes: a video file (frames sampled at ``fps``, at most ``max_frames``:
+    :func:`fin3r.media.read_video_frames`), an image file or a folder of images (any sizes)."""
+    path = Path(path)
+    if path.is_file() and is_video(path):
+        return list(read_video_frames(path, fps, max_frames))
+    return list_images(path)
+
+
 @dataclass
 class PreparedImage:
     """An image resized and centre-cropped for a model.
@@ -59,7 +74,7 @@ class PreparedImage:
     Attributes:
         img: ``(3, H, W)`` float32 in ``[0, 1]``, H and W multiples of the patch size.
         rgb: ``(H, W, 3)`` uint8, the same pixels (for colouring point clouds).
-        source: the file.
+        source: the file, or the video frame.
         original_size: ``(height, width)`` of the file.
         resized_size: ``(height, width)`` after resizing, before the crop.
         crop: ``(x0, y0)`` of the crop in the resized image.
@@ -67,7 +82,7 @@ class PreparedImage:
 
     img: Tensor
     rgb: np.ndarray
-    source: Path
+    source: Path | Frame
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
     crop: tuple[int, int]
@@ -81,21 +96,25 @@ def target_size(height: int, width: int, long_side: int, multiple: int) -> tuple
     return (rh, rw), (rh // multiple * multiple, rw // multiple * multiple)
 
 
-def prepare_image(path: str | Path, long_side: int = 512, multiple: int = 16,
+def prepare_image(source: str | Path | Frame, long_side: int = 512, multiple: int = 16,
                   size: tuple[int, int] | None = None) -> PreparedImage:
-    """Load ``path`` (EXIF orientation applied, RGB), resize and centre-crop it.
+    """Load an image file (EXIF orientation applied: :func:`fin3r.media.open_rgb`, as in labelling and
+    training) or take a video :class:`~fin3r.media.Frame`, resize it and centre-crop it.
 
     ``size=(H, W)`` forces the output size (resize to cover, then centre-crop), e.g. so that all
     views of a multi-view set agree.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-    except Exception as e:
-        raise InputError(f"{path}: cannot read as an image ({e})") from e
+    if isinstance(source, Frame):
+        rgb0 = source.rgb
+    else:
+        source = Path(source)
+        try:
+            rgb0 = open_rgb(source)[0]
+        except Exception as e:
+            raise InputError(f"{source}: cannot read as an image ({e})") from e
+    im = Image.fromarray(rgb0)
     w0, h0 = im.size
     if size is None:
         (rh, rw), (ch, cw) = target_size(h0, w0, long_side, multiple)
@@ -111,7 +130,7 @@ def prepare_image(path: str | Path, long_side: int = 512, multiple: int = 16,
     im = im.crop((x0, y0, x0 + cw, y0 + ch))
     rgb = np.asarray(im, dtype=np.uint8).copy()
     img = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
-    return PreparedImage(img, rgb, path, (h0, w0), (rh, rw), (x0, y0))
+    return PreparedImage(img, rgb, source, (h0, w0), (rh, rw), (x0, y0))
 
 
 # --- prediction ---------------------------------------------------------------------------------
@@ -165,45 +184,6 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(np.ascontiguousarray(rgb)).save(path)
-
-
-def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> int:
-    """Binary little-endian PLY of ``points (N, 3)`` (float32) with optional ``colors (N, 3)`` uint8;
-    non-finite points are dropped. Returns the number of points written."""
-    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-    keep = np.isfinite(points).all(axis=1)
-    points = points[keep]
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-    props = ["property float x", "property float y", "property float z"]
-    if colors is not None:
-        colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)[keep]
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-        props += ["property uchar red", "property uchar green", "property uchar blue"]
-    data = np.empty(len(points), dtype=fields)
-    data["x"], data["y"], data["z"] = points[:, 0], points[:, 1], points[:, 2]
-    if colors is not None:
-        data["red"], data["green"], data["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    header = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {len(points)}", *props,
-                        "end_header"]) + "\n"
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(data.tobytes())
-    return len(points)
-
-
-def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a PLY written by :func:`write_ply`: ``(points (N, 3), colors (N, 3) or None)``."""
-    raw = Path(path).read_bytes()
-    end = raw.index(b"end_header\n") + len(b"end_header\n")
-    header = raw[:end].decode("ascii").splitlines()
-    n = int(next(line for line in header if line.startswith("element vertex")).split()[-1])
-    has_color = any("red" in line for line in header)
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")] + ([("red", "u1"), ("green", "u1"), ("blue", "u1")]
-                                                            if has_color else [])
-    data = np.frombuffer(raw[end:], dtype=fields, count=n)
-    points = np.stack([data["x"], data["y"], data["z"]], axis=1)
-    colors = np.stack([data["red"], data["green"], data["blue"]], axis=1) if has_color else None
-    return points, colors
 
 
 def write_view_outputs(out_dir: Path, stem: str, depth: Tensor | None, conf: Tensor, pts3d: Tensor,
@@ -268,12 +248,22 @@ def default_long_side(model: Reconstructor) -> int:
     return int(size)
 
 
-def run_inference(model: Reconstructor, inputs: list[Path], out_dir: str | Path, *, long_side: int | None = None,
-                  views: bool = False, conf_threshold: float = 0.0, save_npy: bool = False,
-                  device: torch.device | str = "cpu", progress: bool = True, model_name: str = "") -> dict:
+def run_inference(model: Reconstructor, inputs: list[Path | Frame], out_dir: str | Path, *, long_side: int | None = None,
+                  views: bool = False, conf_threshold: float = 0.0, conf_percentile: float = 0.0,
+                  save_npy: bool = False, device: torch.device | str = "cpu", progress: bool = True,
+                  model_name: str = "", colmap_points: int = 100_000, camera_model: str = "auto") -> dict:
     """Predict every image of ``inputs`` (mono) or all of them as one set (``views=True``) and write
-    the outputs to ``out_dir``; returns the summary also written to ``predictions.json``."""
+    the outputs to ``out_dir``; returns the summary also written to ``predictions.json``.
+
+    Pixels with a confidence below the cut of :func:`fin3r.outputs.scene.confidence_cut`
+    (``conf_threshold``, ``conf_percentile``) are left out of the point clouds. Multi-view sets also
+    get ``scene.ply``, ``scene.glb`` (points and camera frusta) and, where every view has a camera,
+    the COLMAP folder ``colmap/`` (at most ``colmap_points`` points; ``camera_model`` as in
+    :func:`fin3r.outputs.colmap.camera_from_intrinsics`).
+    """
     from tqdm import tqdm
+
+    from fin3r.outputs.scene import scene_from_mono
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,51 +271,87 @@ def run_inference(model: Reconstructor, inputs: list[Path], out_dir: str | Path,
     long_side = long_side or default_long_side(model)
     if long_side < multiple:
         raise InputError(f"--size {long_side} is smaller than the patch size {multiple}")
-    summary: dict = {"model": model_name, "family": getattr(model, "family", ""), "mode": "views" if views else "mono",
-                     "images": []}
+    family = getattr(model, "family", "")
+    summary: dict = {"model": model_name, "family": family, "mode": "views" if views else "mono",
+                     "units": units_of(family), "images": []}
     if not views:
         for path in tqdm(inputs, desc="infer", unit="img", disable=not progress):
             image = prepare_image(path, long_side, multiple)
             pred = predict_mono(model, image, device)
+            scene = scene_from_mono(pred, image.rgb, path.name, conf_threshold, conf_percentile)
             stats = write_view_outputs(out_dir, path.stem, pred.depth[0], pred.conf[0], pred.pts3d[0], image.rgb,
-                                       conf_threshold, save_npy)
+                                       scene.conf_cut, save_npy)
             summary["images"].append(_image_entry(image, stats))
     else:
-        first = prepare_image(inputs[0], long_side, multiple)
-        images = [first] + [prepare_image(p, long_side, multiple, size=tuple(first.img.shape[-2:]))
-                            for p in inputs[1:]]
+        images = prepare_image_set(inputs, long_side, multiple)
         pred = predict_views(model, images, device)
-        all_pts, all_rgb = [], []
-        for i, image in enumerate(tqdm(images, desc="write", unit="view", disable=not progress)):
-            depth = pred.depth[0, i] if pred.depth is not None else _z_in_own_frame(pred, i)
-            conf = pred.conf[0, i]
-            stats = write_view_outputs(out_dir, image.source.stem, depth, conf, pred.pts3d[0, i], image.rgb,
-                                       conf_threshold, save_npy)
-            summary["images"].append(_image_entry(image, stats))
-            keep = conf.float().cpu().numpy() >= conf_threshold
-            all_pts.append(pred.pts3d[0, i].float().cpu().numpy()[keep])
-            all_rgb.append(image.rgb[keep])
-        write_ply(out_dir / "scene.ply", np.concatenate(all_pts), np.concatenate(all_rgb))
-        cams = write_cameras(out_dir, pred, [im.source.name for im in images])
-        summary["cameras"] = cams.name if cams else None
+        summary.update(write_scene_outputs(out_dir, pred, images, conf_threshold, conf_percentile, save_npy,
+                                           colmap_points, camera_model, summary["units"], progress))
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     return summary
 
 
-def _z_in_own_frame(pred: ViewsPrediction, i: int) -> Tensor | None:
-    """Depth of view ``i`` when the model gives no per-view depth: z of its points in its own camera
-    (needs ``cam2world``; view 0's points are in its own frame), else ``None`` (DUSt3R/MASt3R view 1:
-    its points are in view 0's frame and its camera is unknown)."""
-    pts = pred.pts3d[0, i]
-    if pred.cam2world is not None:
-        return transform_points(invert_rigid(pred.cam2world[0, i].float()), pts.float())[..., 2]
-    return pts[..., 2] if i == 0 else None
+def units_of(family: str) -> str:
+    """The unit of a family's points, in words (its spec says whether the model is metric)."""
+    from fin3r.models import find_family
+
+    spec = find_family(family)
+    if spec is not None and spec.metric:
+        return "metres (a metric model)"
+    return "the model's own: a scale common to the views, arbitrary overall"
+
+
+def prepare_image_set(inputs: list[Path | Frame], long_side: int, multiple: int) -> list[PreparedImage]:
+    """Prepare images for one multi-view set: the first sets the size, the others are resized to
+    cover it and centre-cropped (each crop recorded in its :class:`PreparedImage`)."""
+    first = prepare_image(inputs[0], long_side, multiple)
+    return [first] + [prepare_image(p, long_side, multiple, size=tuple(first.img.shape[-2:])) for p in inputs[1:]]
+
+
+def write_scene_outputs(out_dir: Path, pred: ViewsPrediction, images: list[PreparedImage], conf_threshold: float = 0.0,
+                        conf_percentile: float = 0.0, save_npy: bool = False, colmap_points: int = 100_000,
+                        camera_model: str = "auto", units: str = "", progress: bool = False) -> dict:
+    """The files of one multi-view prediction: per view the files of :func:`write_view_outputs`,
+    ``scene.ply``, ``scene.glb``, ``cameras.json`` (models with cameras) and ``colmap/`` (every view
+    with a camera). Returns ``{"images": [...], "cameras", "colmap", "conf_cut", "scene_points"}``."""
+    from tqdm import tqdm
+
+    from fin3r.outputs.colmap import export_colmap
+    from fin3r.outputs.glb import write_scene_glb
+    from fin3r.outputs.scene import scene_from_views
+
+    scene = scene_from_views(pred, [im.rgb for im in images], [im.source.name for im in images], conf_threshold,
+                             conf_percentile)
+    entries = []
+    for i, image in enumerate(tqdm(images, desc="write", unit="view", disable=not progress)):
+        depth = scene.depths[i]
+        stats = write_view_outputs(out_dir, image.source.stem, None if depth is None else torch.from_numpy(depth),
+                                   pred.conf[0, i], pred.pts3d[0, i], image.rgb, scene.conf_cut, save_npy)
+        entries.append(_image_entry(image, stats))
+    n_points = write_ply(out_dir / "scene.ply", scene.points, scene.colors)
+    write_scene_glb(out_dir / "scene.glb", scene)
+    cams = write_cameras(out_dir, pred, [im.source.name for im in images])
+    colmap: dict | str = "not written: the prediction has no camera for every view"
+    if scene.has_all_cameras:
+        try:
+            colmap = export_colmap(scene, out_dir / "colmap", max_points=colmap_points, camera_model=camera_model,
+                                   units=units or units_of(""))
+        except InputError as e:  # e.g. a predicted focal length that is not positive
+            colmap = f"not written: {e}"
+            log.warning("COLMAP model %s", colmap)
+    return {"images": entries, "cameras": cams.name if cams else None, "conf_cut": scene.conf_cut,
+            "scene_points": n_points, "glb": "scene.glb", "colmap": colmap}
 
 
 def _image_entry(image: PreparedImage, stats: dict) -> dict:
-    return {"image": str(image.source), "original_size": list(image.original_size),
-            "resized_size": list(image.resized_size), "crop_xy": list(image.crop),
-            "size": list(image.img.shape[-2:]), **stats}
+    """``original_size`` (upright), ``resized_size`` and ``crop_xy`` map a pixel ``(u, v)`` of the
+    outputs to ``((u + x0 + 0.5) * W0 / Wr - 0.5, (v + y0 + 0.5) * H0 / Hr - 0.5)`` in the original."""
+    entry = {"image": str(image.source), "original_size": list(image.original_size),
+             "resized_size": list(image.resized_size), "crop_xy": list(image.crop),
+             "size": list(image.img.shape[-2:])}
+    if isinstance(image.source, Frame):
+        entry.update(image=image.source.name, frame_index=image.source.index, time_s=image.source.time_s)
+    return {**entry, **stats}
 
 
 def _json_default(x):
@@ -334,6 +360,7 @@ def _json_default(x):
     return str(x)
 
 
-__all__ = ["list_images", "PreparedImage", "prepare_image", "target_size", "predict_mono", "predict_views",
-           "write_depth_png16", "read_depth_png16", "write_png", "write_ply", "read_ply",
-           "write_view_outputs", "write_cameras", "default_long_side", "run_inference"]
+__all__ = ["list_images", "list_inputs", "PreparedImage", "prepare_image", "target_size", "predict_mono", "predict_views",
+           "write_depth_png16", "read_depth_png16", "colorize", "write_png", "write_ply", "read_ply",
+           "write_view_outputs", "write_cameras", "default_long_side", "run_inference", "prepare_image_set",
+           "write_scene_outputs", "units_of"]

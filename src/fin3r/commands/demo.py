@@ -98,5 +98,5 @@ def run(args: argparse.Namespace) -> int:
         for name, ok in report["acceptance"]["checks"].items():
             print(f"  [{'x' if ok else ' '}] {name}")
     print(f"\nteacher: {report['teacher']}" + (" (ORACLE: exact depth up to scale)" if report["teacher"] == "oracle" else ""))
-    print(f"wrote {cfg.out_dir}/report.md, report.json, figure.png in {time.time() - t0:.0f} s")
+    print(f"wrote {cfg.out_dir}/report.md, report.json, figure.png, view.html in {time.time() - t0:.0f} s")
     return 0

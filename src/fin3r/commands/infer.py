@@ -15,19 +15,33 @@ adapter) on an image or a folder of images and writes, per image:
   <stem>.ply              coloured point cloud in the camera frame (OpenCV axes)
   predictions.json        sizes, crops, depth ranges, PNG scales
 
-Images are resized so their long side is --size (default: the model's training size) and
-centre-cropped to multiples of the patch size; outputs have that size. --views predicts all
+Images are read upright (EXIF orientation applied, as in labelling and training), resized so their
+long side is --size (default: the model's training size) and centre-cropped to multiples of the
+patch size; outputs have that size and predictions.json records each image's resize and crop. A
+video is sampled at --fps frames per second (OpenCV; frames named <video>_f<index>.png). --views predicts all
 images as one set (points in the first image's frame; DUSt3R/MASt3R take exactly 2 images) and
-adds scene.ply and, for models that predict cameras, cameras.json.
+adds:
+
+  scene.ply / scene.glb   the fused, confidence-filtered coloured cloud (the .glb also draws
+                          every known camera as a frustum; glTF axes: x, -y, -z of OpenCV)
+  cameras.json            models that predict cameras: cam2world and K per view
+  colmap/                 every view has a camera: images/ + sparse/0/{cameras,images,points3D}
+                          .bin and .txt (COLMAP conventions; opens in COLMAP, trains gsplat)
+
+Frames, units and every file: docs/outputs.md.
 
 examples:
   fin3r infer photo.jpg --model DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth --out out/
   fin3r infer photos/ --model dust3r_512_dpt --checkpoint dust3r.pth --adapter adapter.safetensors
-  fin3r infer pair/ --model mast3r.pth --views --conf-threshold 1.5"""
+  fin3r infer pair/ --model mast3r.pth --views --conf-threshold 1.5
+  fin3r infer walk.mp4 --fps 2 --max-frames 24 --model vggt_1b --checkpoint vggt.pt --views --out walk/"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="an image file or a folder of images")
+    parser.add_argument("input", help="an image file, a folder of images (any sizes) or a video file")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="video input: keep this many frames per second (default: every frame)")
+    parser.add_argument("--max-frames", type=int, default=None, help="video input: at most this many frames")
     parser.add_argument("--model", required=True,
                         help="registry name (e.g. dust3r_512_dpt), official .pth, Hugging Face folder or fin3r "
                              ".safetensors file")
@@ -41,8 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, help="long side in pixels (default: the model's)")
     parser.add_argument("--views", action="store_true", help="predict all images as one multi-view set")
     parser.add_argument("--conf-threshold", type=float, default=0.0,
-                        help="leave points with a lower confidence out of the .ply (default: keep all)")
+                        help="leave points with a lower confidence out of the point clouds (default: keep all)")
+    parser.add_argument("--conf-percentile", type=float, default=0.0,
+                        help="also leave out the least confident P %% of the pixels (0-100; default: 0)")
+    parser.add_argument("--colmap-points", type=int, default=100_000,
+                        help="at most this many points in the COLMAP model (default: %(default)s)")
+    parser.add_argument("--camera-model", default="auto", choices=["auto", "SIMPLE_PINHOLE", "PINHOLE"],
+                        help="COLMAP camera model (auto: SIMPLE_PINHOLE when fx == fy, else PINHOLE)")
     parser.add_argument("--npy", action="store_true", help="also write <stem>_depth.npy (float32)")
+    parser.add_argument("--view", action="store_true",
+                        help="also write OUT/view.html: the base model against --adapter on these images "
+                             "(see fin3r view)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,19 +74,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fin3r.infer import list_images, run_inference
+    from fin3r.errors import InputError
+    from fin3r.infer import list_inputs, run_inference
     from fin3r.models import apply_adapter, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    inputs = list_images(args.input)
-    model = load_model(args.model, checkpoint=args.checkpoint)
+    if args.view and not args.adapter:
+        raise InputError("--view compares the base model with an adapter: pass --adapter")
+    inputs = list_inputs(args.input, args.fps, args.max_frames)
+    model = load_model(args.model, checkpoint=args.checkpoint).to(args.device).eval()
     if args.adapter:
-        info = apply_adapter(model, args.adapter, adapter_base=args.adapter_base)
-        print(f"adapter {args.adapter}: {len(info['targets'])} layers, mode {info['mode']}")
-    model = model.to(args.device).eval()
+        def adapt():
+            info = apply_adapter(model, args.adapter, adapter_base=args.adapter_base)
+            model.to(args.device).eval()
+            print(f"adapter {args.adapter}: {len(info['targets'])} layers, mode {info['mode']}")
+
+        if args.view:  # the base predictions first, then the adapter goes in
+            from pathlib import Path
+
+            from fin3r.infer import default_long_side, prepare_image, prepare_image_set
+            from fin3r.outputs.before_after import write_before_after
+
+            long_side = args.size or default_long_side(model)
+            images = (prepare_image_set(inputs, long_side, model.patch_size) if args.views
+                      else [prepare_image(p, long_side, model.patch_size) for p in inputs])
+            page = write_before_after(Path(args.out) / "view.html", model, adapt, images, args.views,
+                                      note=f"base: {args.model}; adapted: {args.adapter}",
+                                      conf_threshold=args.conf_threshold, conf_percentile=args.conf_percentile,
+                                      device=args.device)
+            print(f"viewer: {page}")
+        else:
+            adapt()
     summary = run_inference(model, inputs, args.out, long_side=args.size, views=args.views,
-                            conf_threshold=args.conf_threshold, save_npy=args.npy, device=args.device,
-                            progress=not args.no_progress, model_name=str(args.model))
+                            conf_threshold=args.conf_threshold, conf_percentile=args.conf_percentile,
+                            save_npy=args.npy, device=args.device, progress=not args.no_progress,
+                            model_name=str(args.model), colmap_points=args.colmap_points,
+                            camera_model=args.camera_model)
     print(f"wrote {len(summary['images'])} prediction(s) to {args.out}")
+    if isinstance(summary.get("colmap"), dict):
+        print(f"COLMAP model: {summary['colmap']['folder']} ({summary['colmap']['points']} points)")
     return 0

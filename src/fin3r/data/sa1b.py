@@ -13,7 +13,6 @@ so shards (``index % n == i``) are reproducible.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tarfile
@@ -23,7 +22,6 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from fin3r.errors import InputError
 
@@ -120,22 +118,20 @@ class ImageReader:
         return self.read_at_least(ref, None)[0]
 
     def read_at_least(self, ref: ImageRef, min_hw: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
-        """(RGB uint8 array, the file's full (H, W)). With ``min_hw``, JPEGs are decoded at the
-        smallest of 1/1, 1/2, 1/4, 1/8 scale that still covers ``min_hw`` (PIL draft mode: a
+        """(RGB uint8 array, the file's full (H, W)), upright (EXIF orientation applied by
+        :func:`fin3r.media.open_rgb`, as everywhere in fin3r). With ``min_hw``, JPEGs are decoded at
+        the smallest of 1/1, 1/2, 1/4, 1/8 scale that still covers ``min_hw`` (PIL draft mode: a
         1500-px SA-1B photo read for a 512-px label decodes several times faster). Same errors
         as :meth:`read`."""
+        from fin3r.media import open_rgb
+
         data = self.read_bytes(ref)
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                full = (im.height, im.width)
-                if min_hw is not None and im.format == "JPEG":
-                    im.draft("RGB", (int(min_hw[1]), int(min_hw[0])))
-                im.load()
-                arr = np.asarray(im.convert("RGB"))
+            arr, full, stored = open_rgb(data, min_hw)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
             raise BadImage(f"{ref.describe()}: corrupt or truncated image ({type(e).__name__}: {e})") from e
         if self.check_sa1b_json:
-            self._check_json(ref, full)
+            self._check_json(ref, stored)
         return arr, full
 
     def _check_json(self, ref: ImageRef, hw: tuple[int, int]) -> None:

@@ -109,7 +109,9 @@ def report_markdown(report: dict) -> str:
     th = report["threads"]
     lines += ["", f"Threads: {th['used']} (measured seconds per training step: {th['measured_s_per_step'] or 'not measured'}). "
               f"Wall time: {report.get('total_s', 0):.0f} s ({report.get('timings_s', {})}).", "",
-              "![figure](figure.png)", ""]
+              "![figure](figure.png)", "",
+              "Before/after viewer of the held-out pairs (point clouds, cameras, depth): `view.html` "
+              "(`fin3r view <this folder>`).", ""]
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ import torch
 from fin3r.data.world_views import LabelledViews, ReplayPairs, WorldViews, blur_depth, pair_batch, render_world_views, teacher_labels
 from fin3r.demo.config import ABLATION_VARIANTS, MAIN_VARIANTS, DemoConfig, load_base, variant_label
 from fin3r.demo.figure import write_figure
+from fin3r.demo.view import write_demo_view
 from fin3r.demo.report import build_report, report_markdown
 from fin3r.demo.runner import measure_threads, run_variants, variant_train_config
 from fin3r.eval.world import evaluate_world, floor_figures
@@ -23,7 +24,8 @@ from fin3r.io import write_text_atomic
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     """``fin3r demo``: base -> teacher labels -> Fin3R fine-tuning (and the replay-only control,
     or the ablation's variants) -> evaluation of every model on the same held-out views ->
-    ``report.json``, ``report.md`` and ``figure.png`` in ``cfg.out_dir``. Returns the report.
+    ``report.json``, ``report.md``, ``figure.png`` and the before/after viewer ``view.html``
+    (:mod:`fin3r.demo.view`) in ``cfg.out_dir``. Returns the report.
 
     ``echo`` receives one line per stage (the CLI prints them; the engine shows its own progress
     bars)."""
@@ -54,9 +56,13 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
         results[name] = runs[name]["eval"]
         train_info[name] = dict(runs[name]["info"], label=variant_label(cfg, name))
         clock.timings[f"train_{name}"] = train_info[name]["seconds"]
+    n_fig = figure_images.shape[0]
     with torch.no_grad():
         figure_depth = {"base": base.predict_mono(figure_images).depth}
+        base_pair = base.predict_views(eval_views.img[:n_fig].float() / 255.0)
     figure_depth.update({name: runs[name]["figure_depth"] for name in names})
+    figure_views = {"base": (base_pair.pts3d, base_pair.conf)}
+    figure_views.update({name: runs[name]["figure_views"] for name in names})
 
     with clock("report"):
         echo("[5/5] report and figure")
@@ -64,6 +70,10 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
         report = build_report(cfg, card, results, train_info, floor, pool, threads, thread_timings, names)
         report["threads"]["parallel_runs"] = parallel
         write_figure(out / "figure.png", cfg, eval_views, figure_depth, results, names)
+        labels = {"base": "base", "fin3r": "Fin3R", "replay_only": "control (replay only)"}
+        labels.update({m: variant_label(cfg, m) for m in names if m not in labels})
+        write_demo_view(out / "view.html", eval_views.img[:n_fig], eval_views.depth[:n_fig], eval_views.valid[:n_fig],
+                        eval_views.K[:n_fig], eval_views.cam2world[:n_fig], figure_views, labels)
     report["timings_s"] = clock.timings
     report["total_s"] = round(time.time() - clock.start, 1)
     write_text_atomic(out / "report.json", json.dumps(report, indent=1))
@@ -154,7 +164,8 @@ def _finetune(cfg: DemoConfig, base, names, datasets, eval_views, pool, threads,
     if parallel > 1:
         echo(f"      {len(names)} runs, {parallel} at a time in worker processes (1 torch thread each)")
     jobs = [dict(base=base, cfg=cfg, name=name, datasets=datasets, eval_views=eval_views, pool=pool,
-                 out_dir=out / name, threads=1 if parallel > 1 else threads, figure_images=figure_images)
+                 out_dir=out / name, threads=1 if parallel > 1 else threads, figure_images=figure_images,
+                 figure_pairs=eval_views.img[:n_fig].float() / 255.0)
             for name in names]
     return run_variants(jobs, parallel, cfg.progress, f.steps * len(names)), figure_images
 

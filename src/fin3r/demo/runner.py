@@ -78,7 +78,7 @@ def train_and_evaluate(job: dict) -> dict:
     """One variant, start to finish (in this process or in a worker process): fine-tune, evaluate
     on the held-out pairs, predict the figure's views. ``job`` holds ``base`` (a model, or
     ``(config_dict, state_dict)`` from another process), ``cfg``, ``name``, ``datasets``,
-    ``eval_views``, ``pool``, ``out_dir``, ``threads``, ``figure_images`` and optionally
+    ``eval_views``, ``pool``, ``out_dir``, ``threads``, ``figure_images``, ``figure_pairs`` and optionally
     ``queue`` (one item per optimizer step, for the parent's progress bar)."""
     torch.set_num_threads(job["threads"])
     base = job["base"]
@@ -97,11 +97,13 @@ def train_and_evaluate(job: dict) -> dict:
     ev = evaluate_world(model, job["eval_views"], edge_pool=job["pool"])
     with torch.no_grad():
         fig = model.predict_mono(job["figure_images"]).depth
+        pair = model.predict_views(job["figure_pairs"])  # for the before/after viewer
     last = res.history[-1] if res.history else {}
     return {
         "name": job["name"],
         "eval": ev,
         "figure_depth": fig,
+        "figure_views": (pair.pts3d, pair.conf),
         "info": {"steps": res.steps, "skipped": res.skipped_steps, "trainable_params": res.trainable_params,
                  "seconds": round(seconds, 1), "threads": job["threads"],
                  "last_epoch": {k: v for k, v in last.items() if isinstance(v, (int, float))}},

@@ -78,6 +78,15 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_name: str = "",
     ``mode``, ``dropout``, ``slices``), ``base_name``, ``base_hash`` (see :func:`base_hash`),
     ``base_hashes`` (per target) and any extra ``meta`` (JSON-serialisable). Returns the header.
     """
+    header = adapter_header(model, base_name, **meta)
+    text = json.dumps(header)
+    tensors = {k: v.to("cpu").contiguous().clone() for k, v in adapter_state_dict(model).items()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={HEADER_KEY: text}))
+    return header
+
+
+def adapter_header(model: nn.Module, base_name: str = "", **meta: Any) -> dict:
+    """The header :func:`save_adapter` writes for the LoRA layers of ``model`` (see there)."""
     mods = lora_modules(model)
     if not mods:
         raise LoRAError("save_adapter: the model has no LoRA adapters (call inject_lora first)")
@@ -108,11 +117,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_name: str = "",
         **meta,
     }
     try:
-        text = json.dumps(header)
+        json.dumps(header)
     except TypeError as e:
         raise LoRAError(f"save_adapter: extra metadata must be JSON-serialisable ({e})") from None
-    tensors = {k: v.to("cpu").contiguous().clone() for k, v in adapter_state_dict(model).items()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={HEADER_KEY: text}))
     return header
 
 
@@ -125,19 +132,26 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     meta, tensors = read_safetensors(path)
     if HEADER_KEY not in meta:
         raise CheckpointError(f"{path}: no '{HEADER_KEY}' header in the safetensors metadata")
+    return tensors, parse_header(meta[HEADER_KEY], path)
+
+
+def parse_header(text: str, source: str) -> dict:
+    """The JSON header of :func:`save_adapter`, checked (format version, required keys)."""
     try:
-        header = json.loads(meta[HEADER_KEY])
+        header = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: header '{HEADER_KEY}' is not valid JSON ({e})") from None
+        raise CheckpointError(f"{source}: header '{HEADER_KEY}' is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{source}: header '{HEADER_KEY}' is not a JSON object")
     version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: adapter format_version {version!r}; this fin3r reads {FORMAT_VERSION}"
+            f"{source}: adapter format_version {version!r}; this fin3r reads {FORMAT_VERSION}"
         )
     for key in ("targets", "modules", "base_hashes"):
         if key not in header:
-            raise CheckpointError(f"{path}: header has no '{key}'")
-    return tensors, header
+            raise CheckpointError(f"{source}: header has no '{key}'")
+    return header
 
 
 def check_and_load(
@@ -220,13 +234,20 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, check_base: bool = T
     Nothing is modified unless every check passes.
     """
     tensors, header = read_adapter(path)
-    configs = header["modules"]
-    if list(configs) != list(header["targets"]):
-        raise CheckpointError(f"{path}: header 'modules' and 'targets' list different layers")
-    hashes = header["base_hashes"] if check_base else None
-    check_and_load(model, tensors, configs, str(path), hashes)
+    load_adapter_tensors(model, tensors, header, str(path), check_base)
     return header
 
 
-__all__ = ["FORMAT_VERSION", "HEADER_KEY", "adapter_state_dict", "base_hash", "check_and_load", "load_adapter",
-           "read_adapter", "save_adapter"]
+def load_adapter_tensors(model: nn.Module, tensors: dict[str, Tensor], header: dict, source: str,
+                         check_base: bool = True) -> None:
+    """:func:`load_adapter` on tensors and a header already read (e.g. from PEFT's layout).
+    ``header["base_hashes"] = None`` (an adapter that records no base) skips the base check."""
+    configs = header["modules"]
+    if list(configs) != list(header["targets"]):
+        raise CheckpointError(f"{source}: header 'modules' and 'targets' list different layers")
+    hashes = header["base_hashes"] if check_base else None
+    check_and_load(model, tensors, configs, source, hashes)
+
+
+__all__ = ["FORMAT_VERSION", "HEADER_KEY", "adapter_header", "adapter_state_dict", "base_hash", "check_and_load",
+           "load_adapter", "load_adapter_tensors", "parse_header", "read_adapter", "save_adapter"]

@@ -257,7 +257,8 @@ def verify_shared_encoder(model: torch.nn.Module, prefix_map: dict[str, str], ba
 def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base: bool = True,
                   adapter_base: str | os.PathLike | None = None) -> dict[str, Any]:
     """Apply an adapter in any format to ``model`` in place: a released Fin3R ``*_lora.pth``
-    (PEFT keys, ``output`` mode) or a fin3r adapter ``.safetensors``. Returns a summary
+    (PEFT keys, ``output`` mode), a fin3r adapter ``.safetensors`` or a folder in PEFT's layout
+    (``adapter_config.json``, :mod:`fin3r.outputs.peft`). Returns a summary
     ``{"format", "targets", "mode"}``.
 
     A released adapter trained on another family whose encoder this model shares (the VGGT adapter
@@ -289,9 +290,16 @@ def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base
         return info
     if adapter_base is not None:
         raise CheckpointError(f"{path}: --adapter-base is only for released adapters (*_lora.pth) of another family")
-    header = load_adapter(model, path, check_base=check_base)
+    if path.is_dir():
+        from fin3r.outputs.peft import load_peft_folder
+
+        header = load_peft_folder(model, path, check_base=check_base)
+        fmt = "peft-folder"
+    else:
+        header = load_adapter(model, path, check_base=check_base)
+        fmt = "fin3r-adapter"
     modes = sorted({str(m.get("mode")) for m in header.get("modules", {}).values()})
-    return {"format": "fin3r-adapter", "targets": list(header.get("targets", [])),
+    return {"format": fmt, "targets": list(header.get("targets", [])),
             "mode": modes[0] if len(modes) == 1 else modes, "header": header}
 
 
