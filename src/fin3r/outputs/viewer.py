@@ -109,7 +109,7 @@ def _scene_payload(vs: ViewerScene, max_points: int, seed: int) -> dict:
     target = np.median(pts, axis=0) if len(pts) else np.array([0.0, 0.0, 1.0])
     radius = float(np.linalg.norm(np.percentile(pts, 95, axis=0) - np.percentile(pts, 5, axis=0))) if len(pts) else 1.0
     return {"name": vs.name, "views": views, "models": models, "target": target.round(6).tolist(),
-            "dist": max(radius, 1e-6) * 1.1}
+            "dist": max(radius, 1e-6) * 1.8}
 
 
 def viewer_html(scenes: Sequence[ViewerScene], title: str = "fin3r: before / after", note: str = "",
@@ -163,7 +163,7 @@ body{display:flex;flex-direction:column}
 <div id="bar"><h1>__TITLE__</h1><span id="scenes"></span>
 <span><button id="m-toggle" class="on">toggle</button><button id="m-side">side by side</button></span>
 <span id="models"></span>
-<label>point size <input id="psize" type="range" min="1" max="8" step="0.5" value="2"></label>
+<label>point size <input id="psize" type="range" min="1" max="8" step="0.5" value="2.5"></label>
 <span id="help">drag: rotate &middot; shift/right-drag: pan &middot; wheel: zoom &middot; space: next model &middot; r: reset</span></div>
 <div id="note"></div>
 <div id="main"><div id="stage"><canvas id="gl"></canvas></div><div id="side"></div></div>
@@ -174,7 +174,7 @@ body{display:flex;flex-direction:column}
 const D = JSON.parse(document.getElementById("fin3r-data").textContent);
 const canvas = document.getElementById("gl");
 const gl = canvas.getContext("webgl", {preserveDrawingBuffer: true, antialias: true});
-const st = {scene: 0, model: 0, side: false, psize: 2, yaw: 0.35, pitch: 0.25, dist: 1, target: [0, 0, 1]};
+const st = {scene: 0, model: 0, side: false, psize: 2.5, yaw: 0.35, pitch: 0.25, dist: 1, target: [0, 0, 1]};
 document.getElementById("note").textContent = D.note || "";
 
 // --- small matrix helpers (column-major, as WebGL wants) ---
