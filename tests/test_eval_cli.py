@@ -25,6 +25,10 @@ def test_cli_world_export_monodepth_relpose_compare(tmp_path, capsys):
     rel = res["benchmarks"]["world"]["depth_scale_invariant"]["rel"]
     assert f"| tuned | {100 * rel:.2f} ({-100 * rel:+.2f}) |" in text  # paper table, difference to row 1
     assert r"\begin{tabular}" in text and "Protocol: monodepth: MoGe's monocular protocol" in text
+    # a result against itself: the per-image records (read from monodepth/world.json beside it) pair up
+    assert main(["eval", "--compare", str(out / "a/monodepth.json"), str(out / "a/monodepth.json"), "--format",
+                 "markdown"]) == 0
+    assert "(+0.00 ± 0.00)" in capsys.readouterr().out
     assert main(["eval", "relpose", "--model", "dust3r_tiny", "--root", data, "--benchmark", "world_pairs",
                  "--quiet", "--out", str(out / "r")]) == 0
     assert "Translation error: signed" in capsys.readouterr().out
