@@ -12,7 +12,7 @@
 - ``output`` adapters (the released Fin3R layout) re-normalise each token at run time and cannot
   be merged: the adapter itself is written (safetensors, fin3r header with the base model's name
   and hash), so it can only be applied to the exact base it was trained on.
-- ``fmt="peft"``: any adapter, unmerged, in PEFT's layout (:mod:`fin3r.outputs.peft`: what PEFT
+- ``fmt="peft"``: any adapter, unmerged, in PEFT's layout (:mod:`fin3r.lora.peft`: what PEFT
   applies for each mode is said in the folder's ``README.md``).
 - ``fmt="hf"``: a folder ready for the Hugging Face Hub: the merged weights (``config.json`` +
   ``model.safetensors``) or, for ``output`` adapters, the PEFT-layout adapter, and a model card
@@ -52,7 +52,7 @@ def _read_header(adapter: Path) -> dict:
     if _is_released(adapter):
         return {}
     if adapter.is_dir():
-        from fin3r.outputs.peft import read_peft_folder
+        from fin3r.lora.peft import read_peft_folder
 
         return read_peft_folder(adapter)[1]
     return read_adapter(adapter)[1]
@@ -116,7 +116,7 @@ def export_adapter(
         card = _card_maker(described, family, base_model_id, license, eval_results)
     if fmt == "peft" or (fmt == "hf" and not modes <= set(MERGEABLE_MODES)):
         from fin3r.outputs.model_card import base_identity
-        from fin3r.outputs.peft import write_peft_folder
+        from fin3r.lora.peft import write_peft_folder
 
         hub_id, _ = base_identity(header.get("base_name", ""), family, base_model_id, license)
         write_peft_folder(base, out, base_name=header.get("base_name", ""), base_model_id=hub_id, readme=card is None,

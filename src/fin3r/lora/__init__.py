@@ -5,7 +5,9 @@
 - :mod:`fin3r.lora.layer`: :class:`LoRALinear`, the layer;
 - :mod:`fin3r.lora.inject`: wrapping a model's layers, merging them back;
 - :mod:`fin3r.lora.adapter`: adapter files (safetensors + JSON header with base-weight hashes);
-- :mod:`fin3r.lora.released`: the released Fin3R ``*_lora.pth`` adapters.
+- :mod:`fin3r.lora.released`: the released Fin3R ``*_lora.pth`` adapters;
+- :mod:`fin3r.lora.peft`: adapters in PEFT's folder layout (``adapter_config.json`` +
+  ``adapter_model.safetensors``), written and read.
 """
 
 from fin3r.lora.adapter import (

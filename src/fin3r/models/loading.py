@@ -258,7 +258,7 @@ def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base
                   adapter_base: str | os.PathLike | None = None) -> dict[str, Any]:
     """Apply an adapter in any format to ``model`` in place: a released Fin3R ``*_lora.pth``
     (PEFT keys, ``output`` mode), a fin3r adapter ``.safetensors`` or a folder in PEFT's layout
-    (``adapter_config.json``, :mod:`fin3r.outputs.peft`). Returns a summary
+    (``adapter_config.json``, :mod:`fin3r.lora.peft`). Returns a summary
     ``{"format", "targets", "mode"}``.
 
     A released adapter trained on another family whose encoder this model shares (the VGGT adapter
@@ -291,7 +291,7 @@ def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base
     if adapter_base is not None:
         raise CheckpointError(f"{path}: --adapter-base is only for released adapters (*_lora.pth) of another family")
     if path.is_dir():
-        from fin3r.outputs.peft import load_peft_folder
+        from fin3r.lora.peft import load_peft_folder
 
         header = load_peft_folder(model, path, check_base=check_base)
         fmt = "peft-folder"

@@ -14,7 +14,7 @@ import yaml
 from fin3r.cli import main
 from fin3r.lora import inject_lora, lora_modules, save_adapter
 from fin3r.models import build_model, load_model, save_model
-from fin3r.outputs.peft import load_peft_folder, read_peft_folder
+from fin3r.lora.peft import load_peft_folder, read_peft_folder
 
 peft = pytest.importorskip("peft")
 X = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))

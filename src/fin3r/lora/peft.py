@@ -27,9 +27,14 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fin3r.errors import CheckpointError, InputError
+from fin3r.io import atomic_write, write_text_atomic
+from fin3r.lora.adapter import HEADER_KEY, adapter_header, load_adapter_tensors, parse_header
+from fin3r.lora.inject import lora_modules
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -81,8 +86,6 @@ def peft_tensors_and_config(model: nn.Module, header: dict, base_model_id: str |
     """PEFT's state dict and ``adapter_config.json`` for the LoRA layers of ``model`` (an adapted
     model, e.g. after :func:`fin3r.lora.load_adapter`); ``header``: their
     :func:`fin3r.lora.adapter_header`."""
-    from fin3r.lora import lora_modules
-
     mods = lora_modules(model)
     mode = _single_mode(header, "adapter")
     tensors: dict[str, Tensor] = {}
@@ -116,11 +119,6 @@ def write_peft_folder(model: nn.Module, out: str | Path, base_name: str = "", ba
     ``out/adapter_model.safetensors`` (with fin3r's header -- base name and hashes, ``meta`` -- in
     the metadata) and, with ``readme``, ``out/README.md`` saying what PEFT applies. Returns the
     header."""
-    from safetensors.torch import save_file
-
-    from fin3r.io import atomic_write, write_text_atomic
-    from fin3r.lora import HEADER_KEY, adapter_header
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
@@ -144,10 +142,6 @@ def is_peft_folder(path: str | Path) -> bool:
 def read_peft_folder(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """``(tensors in fin3r's keys, fin3r header)`` of a PEFT LoRA folder: the exact adapter when
     fin3r wrote it, else a plain LoRA read from PEFT's config (no base hashes)."""
-    from safetensors import safe_open
-
-    from fin3r.lora import HEADER_KEY, parse_header
-
     path = Path(path)
     if not is_peft_folder(path):
         raise CheckpointError(f"{path}: not a PEFT adapter folder (no {CONFIG_FILE})")
@@ -201,8 +195,6 @@ def read_peft_folder(path: str | Path) -> tuple[dict[str, Tensor], dict]:
 
 def load_peft_folder(model: nn.Module, path: str | Path, check_base: bool = True) -> dict:
     """Load a PEFT-layout adapter folder into ``model`` (fin3r's LoRA layers); returns its header."""
-    from fin3r.lora import load_adapter_tensors
-
     tensors, header = read_peft_folder(path)
     load_adapter_tensors(model, tensors, header, str(path), check_base)
     return header
