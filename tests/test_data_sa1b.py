@@ -76,3 +76,18 @@ def test_draft_decode_covers_the_requested_size(tmp_path):
     assert full == (400, 600) and arr.shape == (100, 150, 3)  # 1/4 scale: the smallest >= 90x140
     arr, _ = ImageReader().read_at_least(ref, None)
     assert arr.shape == (400, 600, 3)
+
+
+def test_a_folder_of_tar_shards_is_sa1b_as_downloaded(tmp_path):
+    """SA-1B as downloaded is a folder of sa_*.tar: the folder finds the shards' images, with the
+    same keys as listing the shards one by one (so labels made either way pair up)."""
+    folder = tmp_path / "sa1b"
+    folder.mkdir()
+    for k in range(2):
+        _tar(folder / f"sa_00000{k}.tar", {f"sa_{k}{j}.jpg": _jpg(seed=j) for j in range(2)})
+    (folder / "loose.jpg").write_bytes(_jpg(seed=5))
+    from_folder = list_images([folder])
+    one_by_one = list_images(sorted(folder.glob("*.tar")))
+    assert [r.key for r in from_folder] == ["sa1b/loose"] + [r.key for r in one_by_one]
+    assert [r.key for r in one_by_one] == ["sa_000000/sa_00", "sa_000000/sa_01", "sa_000001/sa_10", "sa_000001/sa_11"]
+    assert ImageReader().read(from_folder[3]).shape == (30, 40, 3)

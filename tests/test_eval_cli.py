@@ -9,7 +9,7 @@ def test_cli_world_export_monodepth_relpose_compare(tmp_path, capsys):
     data, out = str(tmp_path / "data"), tmp_path / "out"
     assert main(["eval", "world", "--out", data, "--num-images", "2", "--num-pairs", "1", "--num-scenes", "1",
                  "--views-per-scene", "2", "--height", "32", "--width", "48"]) == 0
-    args = ["eval", "monodepth", "--model", "dust3r_tiny", "--root", data, "--benchmarks", "world", "--quiet",
+    args = ["eval", "monodepth", "--model", "dust3r_tiny", "--random-weights", "--root", data, "--benchmarks", "world", "--quiet",
             "--set", "variants=[depth_scale_invariant]"]
     assert main(args + ["--out", str(out / "a")]) == 0
     assert "| dust3r_tiny |" in capsys.readouterr().out
@@ -29,15 +29,15 @@ def test_cli_world_export_monodepth_relpose_compare(tmp_path, capsys):
     assert main(["eval", "--compare", str(out / "a/monodepth.json"), str(out / "a/monodepth.json"), "--format",
                  "markdown"]) == 0
     assert "(+0.00 ± 0.00)" in capsys.readouterr().out
-    assert main(["eval", "relpose", "--model", "dust3r_tiny", "--root", data, "--benchmark", "world_pairs",
+    assert main(["eval", "relpose", "--model", "dust3r_tiny", "--random-weights", "--root", data, "--benchmark", "world_pairs",
                  "--quiet", "--out", str(out / "r")]) == 0
     assert "Translation error: signed" in capsys.readouterr().out
-    assert main(["eval", "mvdepth", "--model", "dust3r_tiny", "--root", data, "--benchmark", "world_scenes",
+    assert main(["eval", "mvdepth", "--model", "dust3r_tiny", "--random-weights", "--root", data, "--benchmark", "world_scenes",
                  "--quiet", "--out", str(out / "m")]) == 0
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["eval", "monodepth", "--model", "dust3r_tiny", "--root", str(tmp_path), "--benchmarks", "NYUv2"]) == 2
+    assert main(["eval", "monodepth", "--model", "dust3r_tiny", "--random-weights", "--root", str(tmp_path), "--benchmarks", "NYUv2"]) == 2
     assert "benchmark NYUv2: missing folder" in capsys.readouterr().err
     assert main(["eval", "--compare", str(tmp_path / "x.json"), str(tmp_path / "y.json")]) == 2
     assert main(["eval"]) == 2

@@ -139,3 +139,44 @@ def test_tiny_pairwise_model_runs_both_protocols(tmp_path):
     pm = evaluate_pointmap(model, tmp_path, "world_scenes", progress=False, config=MultiViewConfig(icp_threshold=0.05))
     s = pm["benchmarks"]["world_scenes"]
     assert s["num_reconstructions"] == 2 and all(math.isfinite(s[k]) for k in ("acc", "comp", "nc"))
+
+
+class _OraclePairs(_OracleViews):
+    """A pairwise (DUSt3R-family) oracle: each pair's exact GT point maps in its first view's frame,
+    times a different scale per pair -- the global alignment must make one scene of them."""
+
+    family = "dust3r"
+
+    def predict_views(self, imgs):
+        from fin3r.models.base import ViewsPrediction
+
+        assert imgs.shape[1] == 2
+        preds = [_OracleViews.predict_views(self, pair[None]) for pair in imgs]
+        scales = torch.tensor([1.0 + 0.37 * k for k in range(len(preds))])[:, None, None, None, None]
+        pts = torch.cat([p.pts3d for p in preds]) * scales
+        valid = torch.stack([torch.stack([self.table[round(float(x.sum()), 2)][0] > 0 for x in pair]) for pair in imgs])
+        return ViewsPrediction(pts3d=pts, conf=1 + 4 * valid.float())  # no weight where there is no GT (sky)
+
+
+def test_pairwise_model_beyond_pairs_goes_through_the_global_alignment(tmp_path, monkeypatch):
+    """DUSt3R/MASt3R with num_views = 4: pairs -> global alignment -> scored like any multi-view
+    model; exact pair predictions give (near-)exact depth and point maps. The world's principal
+    point is the pixel-grid centre ((W - 1) / 2), DUSt3R's is W / 2: the alignment is told."""
+    from fin3r.align import AlignConfig, OptimizerConfig
+    from fin3r.eval.world_benchmarks import export_world_benchmarks
+
+    export_world_benchmarks(tmp_path, num_scenes=1, views_per_scene=4, height=32, width=48, tasks=("multiview",))
+    table = {}
+    for fr in read_scene(tmp_path / "world_scenes", "scene_00", "7scenes"):
+        f = load_frame(fr)
+        table[round(float(f["img"].sum()), 2)] = (f["depth"], f["K"], f["cam2world"])
+    cfg = MultiViewConfig(num_views=4, icp_threshold=0.0, align_iters=60)
+    assert cfg.align_config().optimizer.niter == 60
+    monkeypatch.setattr(MultiViewConfig, "align_config", lambda self: AlignConfig(
+        optimizer=OptimizerConfig(niter=self.align_iters, principal_point=(23.5, 15.5))))
+    mv = evaluate_mvdepth(_OraclePairs(table), tmp_path, "world_scenes", config=cfg, progress=False)
+    s = mv["benchmarks"]["world_scenes"]
+    assert s["num_views_scored"] == 4 and s["inliers103"] > 0.999 and s["absrel"] < 2e-3
+    pm = evaluate_pointmap(_OraclePairs(table), tmp_path, "world_scenes", config=cfg, progress=False)
+    s = pm["benchmarks"]["world_scenes"]
+    assert s["num_reconstructions"] == 1 and s["acc"] < 5e-3 and s["comp"] < 5e-3 and s["nc"] > 0.98, s

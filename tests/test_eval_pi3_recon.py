@@ -136,12 +136,12 @@ def test_cli_pointmap_pi3(tmp_path, capsys):
     from fin3r.cli import main
 
     _write_7scenes(tmp_path)
-    assert main(["eval", "pointmap", "--protocol", "pi3", "--model", "vggt_tiny", "--root", str(tmp_path),
+    assert main(["eval", "pointmap", "--protocol", "pi3", "--model", "vggt_tiny", "--random-weights", "--root", str(tmp_path),
                  "--benchmark", "7scenes", "--kf-every", "1", "--input-long-side", "28", "--quiet",
                  "--set", "load_size=28", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "| 7scenes | acc ↓ |" in out and "Umeyama" in out
-    assert main(["eval", "pointmap", "--protocol", "pi3", "--model", "vggt_tiny", "--root", str(tmp_path),
+    assert main(["eval", "pointmap", "--protocol", "pi3", "--model", "vggt_tiny", "--random-weights", "--root", str(tmp_path),
                  "--benchmark", "nope"]) == 2
 
 

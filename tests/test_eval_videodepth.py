@@ -117,11 +117,11 @@ def test_evaluate_videodepth_oracle_and_cli(tmp_path, capsys):
 
     from fin3r.cli import main
 
-    assert main(["eval", "videodepth", "--model", "vggt_tiny", "--root", str(tmp_path), "--datasets", "bonn",
+    assert main(["eval", "videodepth", "--model", "vggt_tiny", "--random-weights", "--root", str(tmp_path), "--datasets", "bonn",
                  "--max-sequences", "1", "--input-long-side", "28", "--quiet", "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert "| vggt_tiny | bonn | scale |" in out and "multi-view" in out
-    assert main(["eval", "videodepth", "--model", "vggt_tiny", "--root", str(tmp_path), "--datasets", "nope"]) == 2
+    assert main(["eval", "videodepth", "--model", "vggt_tiny", "--random-weights", "--root", str(tmp_path), "--datasets", "nope"]) == 2
 
 
 def test_sequence_depth_paths():
@@ -160,7 +160,7 @@ def test_cut3r_monocular_protocol_on_nyu_and_video_layouts(tmp_path, capsys):
                               progress=False)
     assert res["alignments"] == ["median_per_frame"] and res["benchmarks"]["nyu"]["median_per_frame"]["rel"] < 1e-6
     assert "frames" in res["aggregation"]
-    assert main(["eval", "videodepth", "--mono", "--model", "dust3r_tiny", "--root", str(tmp_path), "--max-sequences",
+    assert main(["eval", "videodepth", "--mono", "--model", "dust3r_tiny", "--random-weights", "--root", str(tmp_path), "--max-sequences",
                  "1", "--input-long-side", "32", "--quiet", "--out", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert "| dust3r_tiny | nyu | median_per_frame |" in out and "monocular protocol" in out

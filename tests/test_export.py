@@ -76,12 +76,15 @@ def test_safetensors_export_loads_without_fin3r(tmp_path):
     assert keys == sorted(f"{k} {tuple(v.shape)}" for k, v in base.official_state_dict().items())
 
 
-def test_output_mode_writes_the_adapter_with_the_base_hash(tmp_path, capsys):
+def test_output_mode_refuses_a_merged_export_and_writes_the_adapter_only_when_asked(tmp_path, capsys):
     base, adapted, adapter = _adapted(tmp_path, "output")
-    out = tmp_path / "exported.pth"
-    assert main(["export", "--adapter", str(adapter), "--out", str(out)]) == 0
-    assert "cannot be merged" in capsys.readouterr().out
+    for out in (tmp_path / "exported.pth", tmp_path / "exported.safetensors"):
+        assert main(["export", "--adapter", str(adapter), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "cannot be merged" in err and "weight_row" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists() and not out.with_suffix(".safetensors").exists()
     written = tmp_path / "exported.safetensors"
+    assert main(["export", "--adapter", str(adapter), "--out", str(written), "--format", "adapter"]) == 0
     tensors, header = read_adapter(written)
     _, original = read_adapter(adapter)
     assert header["base_hash"] == original["base_hash"] and header["mode"] == "output"
@@ -118,3 +121,16 @@ def test_other_families_export_their_official_layout(tmp_path, name, ctor):
         sd = obj["model"]
         assert ctor in str(obj["args"].model)
     assert sorted(sd) == sorted(base.official_state_dict())
+
+
+def test_recipes_default_to_the_mergeable_re_norm():
+    """The real-model recipes train adapters `fin3r export` can merge (zero inference overhead)."""
+    from pathlib import Path
+
+    from fin3r.config import load_config
+    from fin3r.train.config import LoraConfig, TrainConfig
+
+    assert LoraConfig().mode == "weight_row"
+    for name in ("dust3r", "mast3r", "cut3r", "vggt"):
+        cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs" / f"{name}.yaml", [])
+        assert cfg.lora.mode == "weight_row", name

@@ -165,3 +165,35 @@ def test_label_from_tar_shard_with_hf_teacher(tmp_path):
     assert meta["depth_kind"] == "affine_disparity" and depth.shape == (32, 48) and meta["image_size"] == [40, 60]
     ds = LabelledImages(shard, out, 16, 24)
     assert ds[1]["img"].shape == (3, 16, 24) and ds[1]["depth_kind"] == "affine_disparity"
+
+
+def test_label_exit_status_when_nothing_is_found_or_everything_fails(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    assert main(["label", "--teacher", "oracle", "--images", str(empty), "--out", str(tmp_path / "l")]) == 2
+    assert "no images" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for k in range(2):
+        (broken / f"b{k}.png").write_bytes(b"\x89PNG not really")
+    assert main(["label", "--teacher", "oracle", "--images", str(broken), "--out", str(tmp_path / "l")]) == 1
+    assert "none of the 2 images" in capsys.readouterr().err
+
+
+def test_label_and_training_data_read_a_folder_of_tar_shards(tmp_path):
+    """`fin3r label --images FOLDER` and `LabelledImages(FOLDER, ...)` (data.images_root=FOLDER) on a
+    folder of tar shards: every image labelled, every label found."""
+    _export_world(tmp_path / "imgs", n=4)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    files = sorted((tmp_path / "imgs").glob("*.png"))
+    for k in range(2):
+        with tarfile.open(shards / f"sa_00000{k}.tar", "w") as tar:
+            for f in files[2 * k:2 * k + 2]:
+                tar.add(f, arcname=f.name)
+    out = tmp_path / "labels"
+    assert main(["label", "--teacher", "oracle", "--images", str(shards), "--out", str(out)]) == 0
+    assert json.loads((out / "label_report_0of1.json").read_text())["labelled"] == 4
+    data = LabelledImages(shards, out, 16, 16, source="world-oracle")
+    assert len(data) == 4 and not data.missing and data[3]["key"] == "sa_000001/world_000003"

@@ -95,12 +95,20 @@ def test_views_pair_and_errors(images, model_file, tmp_path):
     model = load_model(model_file)
     files = list_images(images)
     summary = run_inference(model, files, tmp_path / "pair", long_side=64, views=True, progress=False)
-    assert summary["cameras"] is None and (tmp_path / "pair" / "scene.ply").is_file()
-    assert (tmp_path / "pair" / "a_land_depth.png").is_file() and not (tmp_path / "pair" / "b_port_depth.png").exists()
+    # a DUSt3R pair: cameras and focal lengths (DUSt3R's pair viewer), every view's own depth
+    assert summary["cameras"] == "cameras.json" and (tmp_path / "pair" / "scene.ply").is_file()
+    assert (tmp_path / "pair" / "a_land_depth.png").is_file() and (tmp_path / "pair" / "b_port_depth.png").is_file()
+    assert summary["align"]["method"] == "pair"
     pts, _ = read_ply(tmp_path / "pair" / "scene.ply")
     assert len(pts) == 2 * 32 * 64
-    with pytest.raises(InputError, match="S = 2"):
-        run_inference(model, files + files[:1], tmp_path / "triple", long_side=64, views=True, progress=False)
+    # more than two views: the global alignment
+    from fin3r.align import AlignConfig, OptimizerConfig
+
+    summary = run_inference(model, files + files[:1], tmp_path / "triple", long_side=64, views=True, progress=False,
+                            align=AlignConfig(optimizer=OptimizerConfig(niter=5)))
+    assert summary["align"]["edges"] == 6 and len(summary["images"]) == 3
+    with pytest.raises(InputError, match="at least 2"):
+        run_inference(model, files[:1], tmp_path / "one", long_side=64, views=True, progress=False)
     with pytest.raises(InputError, match="no such file"):
         list_images(tmp_path / "missing")
     with pytest.raises(InputError, match="cannot read"):
@@ -136,9 +144,9 @@ def _make_cut3r_look_forward(model, images):
     assert (focal > 0).all(), f"test set-up: focal {focal.tolist()}"
 
 
-@pytest.mark.parametrize("name", ["vggt_tiny", "cut3r_tiny"])
+@pytest.mark.parametrize("name", ["vggt_tiny", "cut3r_tiny", "dust3r_tiny"])
 def test_cli_views_with_cameras(name, tmp_path):
-    """VGGT / CUT3R multi-view: cameras.json holds a rigid cam2world and a pinhole K per view, and
+    """VGGT / CUT3R / DUSt3R (global alignment) multi-view: cameras.json holds a rigid cam2world and a pinhole K per view, and
     every view's .ply has one vertex per kept (valid, finite) pixel."""
     from fin3r.models import MODEL_CONFIGS
 
@@ -156,7 +164,7 @@ def test_cli_views_with_cameras(name, tmp_path):
     if name.startswith("cut3r"):
         _make_cut3r_look_forward(model, [prepare_image(folder / n, size, model.patch_size) for n in names])
     model_file = save_model(model, tmp_path / f"{name}.safetensors")
-    common = ["--model", str(model_file), "--views", "--npy", "--size", str(size), "--no-progress"]
+    common = ["--model", str(model_file), "--views", "--npy", "--size", str(size), "--no-progress", "--align-iters", "10"]
     out = tmp_path / "out"
     assert main(["infer", str(folder), "--out", str(out), *common]) == 0
     cameras_json = json.loads((out / "cameras.json").read_text())

@@ -80,9 +80,11 @@ def test_released_adapter_through_infer_diagnose_export_eval(released, tmp_path,
     report = json.loads((tmp_path / "diag/feature_norms.json").read_text())
     assert "adapted" in report and any(abs(v) > 0 for v in report["relative_change"].values())
 
-    out = tmp_path / "exported.safetensors"  # output mode: not mergeable, the adapter is written
-    assert main(["export", "--adapter", str(lora), "--model", str(base_path), "--out", str(out)]) == 0
-    assert "cannot be merged" in capsys.readouterr().out
+    out = tmp_path / "exported.safetensors"  # output mode: not mergeable -- refused, unless asked to re-write it
+    assert main(["export", "--adapter", str(lora), "--model", str(base_path), "--out", str(out)]) == 2
+    assert "cannot be merged" in capsys.readouterr().err and not out.exists()
+    assert main(["export", "--adapter", str(lora), "--model", str(base_path), "--out", str(out),
+                 "--format", "adapter"]) == 0
     _, header = read_adapter(out)
     assert header["base_name"] == str(base_path) and {m["mode"] for m in header["modules"].values()} == {"output"}
     img = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(2))

@@ -128,7 +128,8 @@ def test_train_end_to_end(tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_then_abort(tmp_path):
-    cfg = tiny_config(tmp_path / "a", "data.replay=none", "optim.epochs=2", "max_nonfinite=3")
+    cfg = tiny_config(tmp_path / "a", "data.replay=none", "data.allow_no_replay=true", "optim.epochs=2",
+                      "max_nonfinite=3")
     data = engine.build_datasets(cfg)
 
     class Poisoned(torch.utils.data.Dataset):
@@ -149,7 +150,8 @@ def test_nonfinite_losses_are_skipped_then_abort(tmp_path):
     with pytest.raises(TrainingDiverged, match="3 non-finite losses/gradients in a row"):
         train(cfg, model=engine.load_base_model(cfg), datasets=all_bad)
     # a few poisoned batches: skipped and counted, training completes, adapter stays finite
-    cfg = tiny_config(tmp_path / "b", "data.replay=none", "optim.epochs=2", "max_nonfinite=3")
+    cfg = tiny_config(tmp_path / "b", "data.replay=none", "data.allow_no_replay=true", "optim.epochs=2",
+                      "max_nonfinite=3")
     some_bad = dict(data, mono=Poisoned(data["mono"], lambda i: i in (3, 7)))
     result = train(cfg, model=engine.load_base_model(cfg), datasets=some_bad)
     assert 0 < result.skipped_steps < result.steps
@@ -267,6 +269,26 @@ def test_real_replay_reader_from_config(tmp_path):
         engine.build_datasets(tiny_config(tmp_path / "x", "data.replay_roots={scannet: /nowhere}"))
     result = train(cfg)
     assert result.steps == 2 and "loss_tartanair" in result.history[-1]
+
+
+def test_replay_roots_are_validated_and_no_replay_is_refused_unless_allowed(tmp_path):
+    """A wrong replay root is one line naming the key; training without any replay (naive LoRA) is
+    refused unless data.allow_no_replay=true."""
+    from fin3r.errors import Fin3rError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "hs").mkdir()
+    (tmp_path / "hs" / "metadata_camera_parameters.csv").write_text("not,a\ncamera,csv\n")
+    for roots, message in ((f"{{tartanair: {tmp_path / 'nowhere'}}}", "data.replay_roots.tartanair=.*no such folder"),
+                           (f"{{tartanair: {tmp_path / 'empty'}}}", "no tartanair sequence"),
+                           (f"{{hypersim: {tmp_path / 'hs'}}}", "data.replay_roots.hypersim")):
+        with pytest.raises(Fin3rError, match=message):
+            engine.build_datasets(tiny_config(tmp_path / "x", "data.replay=none", f"data.replay_roots={roots}"))
+    with pytest.raises(Fin3rError, match="allow_no_replay"):
+        train(tiny_config(tmp_path / "a", "data.replay=none", "data.replay_roots={}", "max_steps=1"))
+    with pytest.raises(Fin3rError, match="allow_no_replay"):
+        train(tiny_config(tmp_path / "b", "data.replay_per_epoch=0", "max_steps=1"))
+    assert train(tiny_config(tmp_path / "c", "data.replay=none", "data.allow_no_replay=true", "max_steps=1")).steps == 1
 
 
 def test_metrics_csv_grows_its_header_and_resumes(tmp_path):

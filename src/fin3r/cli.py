@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("demo", "label", "train", "eval", "export", "infer", "view", "diagnose")
+COMMANDS = ("demo", "label", "train", "eval", "export", "infer", "view", "diagnose", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

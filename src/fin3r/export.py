@@ -10,8 +10,9 @@
     * ``fmt="hf"``: the Hugging Face folder (``config.json`` + ``model.safetensors``) with a model card;
     * ``fmt="safetensors"``: the official state_dict as one safetensors file (no code, no pickle).
 - ``output`` adapters (the released Fin3R layout) re-normalise each token at run time and cannot
-  be merged: the adapter itself is written (safetensors, fin3r header with the base model's name
-  and hash), so it can only be applied to the exact base it was trained on.
+  be merged: asking for a merged file is an error (:class:`~fin3r.errors.Fin3rError`, a non-zero
+  exit), never a silent substitute. ``fmt="adapter"`` writes the adapter itself (safetensors,
+  fin3r header with the base model's name and hash) for use with ``--adapter`` on that exact base.
 - ``fmt="peft"``: any adapter, unmerged, in PEFT's layout (:mod:`fin3r.lora.peft`: what PEFT
   applies for each mode is said in the folder's ``README.md``).
 - ``fmt="hf"``: a folder ready for the Hugging Face Hub: the merged weights (``config.json`` +
@@ -35,7 +36,7 @@ from torch import nn
 from fin3r.errors import Fin3rError
 from fin3r.io import atomic_write
 from fin3r.lora import lora_modules, merge_and_unload, read_adapter, save_adapter
-from fin3r.models import apply_adapter, load_model, save_hf_folder, save_official
+from fin3r.models import MODEL_CONFIGS, apply_adapter, load_model, save_hf_folder, save_official
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ def load_base_for_adapter(adapter: str | Path, model: str | None = None, checkpo
     adapter = Path(adapter)
     header = _read_header(adapter)
     name = model or header.get("base_name")
+    if checkpoint is not None and (name is None or name not in MODEL_CONFIGS):
+        return load_model(checkpoint)  # the given weights file is the base (its hash is checked)
     if not name:
-        raise Fin3rError(f"{adapter}: the adapter does not name its base model; pass --model")
+        raise Fin3rError(f"{adapter}: the adapter does not name its base model; pass --model or --checkpoint")
     return load_model(name, checkpoint)
 
 
@@ -75,7 +78,7 @@ def export_adapter(
     out: str | Path,
     model: nn.Module | str | None = None,
     checkpoint: str | None = None,
-    fmt: Literal["auto", "pth", "hf", "safetensors", "peft"] = "auto",
+    fmt: Literal["auto", "pth", "hf", "safetensors", "peft", "adapter"] = "auto",
     check_base: bool = True,
     base_model_id: str | None = None,
     license: str | None = None,
@@ -90,7 +93,8 @@ def export_adapter(
             adapter's ``base_name``).
         checkpoint: official weights for a registry-name ``model``.
         fmt: ``"auto"`` (``.safetensors`` suffix -> safetensors, else the family's official
-            ``.pth``), ``"pth"``, ``"hf"`` or ``"safetensors"``.
+            ``.pth``), ``"pth"``, ``"hf"``, ``"safetensors"`` (all merged) or ``"adapter"`` (the
+            adapter re-written with its base hash, any mode).
         check_base: refuse an adapter whose base hash differs from the given base weights.
         base_model_id, license: the base's Hub repository and licence for the model card
             (``fmt="hf"``; default: the known release of the adapter's ``base_name``).
@@ -99,6 +103,9 @@ def export_adapter(
 
     Returns:
         ``{"kind": "merged" | "adapter", "path", "format", "family", "mode", "keys"}``.
+
+    Raises:
+        Fin3rError: a merged format asked for an adapter that cannot be merged (``output`` mode).
     """
     adapter, out = Path(adapter), Path(out)
     header = _read_header(adapter)
@@ -125,14 +132,19 @@ def export_adapter(
             _write_card(out, card("adapter"))
         return {"kind": "adapter", "path": str(out), "format": fmt, "family": family, "mode": mode_names,
                 "keys": len(info["targets"]) * 2}
-    if not modes <= set(MERGEABLE_MODES):
-        # the run-time re-normalisation cannot be folded into the weights
+    if fmt != "adapter" and not modes <= set(MERGEABLE_MODES):
+        # the run-time re-normalisation cannot be folded into the weights: say so, write nothing
+        raise Fin3rError(
+            f"{adapter}: a {'/'.join(sorted(str(m) for m in modes))}-mode adapter re-normalises q, k, v per token at "
+            f"run time and cannot be merged into a checkpoint; use it with --adapter, re-write it with "
+            f"--format adapter, or train with lora.mode=weight_row (the recipes' default) to get a mergeable one")
+    if fmt == "adapter":
         if out.suffix != ".safetensors":
-            out = out.with_suffix(".safetensors")
+            raise Fin3rError(f"--format adapter writes a .safetensors file, got {out}")
         base_name = header.get("base_name") or (model if isinstance(model, str) else "")
         save_adapter(base, out, base_name=base_name,
                      **{k: v for k, v in header.items() if k in ("step", "epochs", "train_config")})
-        log.info("output-mode adapter: not mergeable, wrote the adapter with its base hash to %s", out)
+        log.info("wrote the adapter with its base hash to %s", out)
         return {"kind": "adapter", "path": str(out), "format": "fin3r-adapter", "family": family,
                 "mode": sorted(m or "none" for m in modes), "keys": len(info["targets"]) * 2}
 
@@ -149,7 +161,10 @@ def export_adapter(
         tensors = {k: v.clone() for k, v in sd.items()}
         atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     else:
-        save_official(merged, out)
+        base_file = _base_file(adapter, header, model, checkpoint)
+        changed = [f"{t}.weight" for t in info["targets"]]
+        if base_file is None or not write_base_plus_delta(base_file, {k: sd[k] for k in changed if k in sd}, out):
+            save_official(merged, out)
     return {"kind": "merged", "path": str(out), "format": fmt, "family": family,
             "mode": sorted(m or "none" for m in modes), "keys": len(sd)}
 
@@ -180,4 +195,44 @@ def _write_card(folder: Path, text: str) -> None:
     write_text_atomic(Path(folder) / "README.md", text)
 
 
-__all__ = ["MERGEABLE_MODES", "export_adapter", "load_base_for_adapter"]
+def _base_file(adapter: Path, header: dict, model: nn.Module | str | None, checkpoint: str | None) -> Path | None:
+    """The file the base weights were read from: ``checkpoint``, else ``model`` or the adapter's
+    ``base_name`` when they are a file; ``None`` for a model object or a registry name."""
+    if isinstance(model, nn.Module):
+        return None
+    for candidate in (checkpoint, model, header.get("base_name")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def write_base_plus_delta(base_file: Path, merged: dict, out: Path) -> bool:
+    """Write ``base_file`` (an official ``.pth``: ``{'model': state_dict, 'args': ...}`` or a plain
+    state_dict) with only the tensors in ``merged`` (official keys -> merged weights) replaced, in
+    the file's dtypes: every other tensor and field of the base file (``mask_token``, ``args`` and
+    its constructor string, other entries) is kept as it was. Returns ``False`` (nothing written)
+    when the base is not such a file or lacks one of the keys."""
+    import argparse
+
+    import torch
+
+    from fin3r.io import safe_torch_load
+
+    if base_file.suffix not in (".pth", ".pt", ".bin") or not merged:
+        return False
+    obj = safe_torch_load(base_file, [argparse.Namespace])
+    state = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+    if not isinstance(state, dict) or any(k not in state or not isinstance(state[k], torch.Tensor) for k in merged):
+        log.info("%s: not an official state_dict holding every adapted weight; writing the model's own state_dict",
+                 base_file)
+        return False
+    for k, v in merged.items():
+        if tuple(v.shape) != tuple(state[k].shape):
+            return False
+        state[k] = v.detach().to(dtype=state[k].dtype).contiguous().clone()
+    atomic_write(out, lambda tmp: torch.save(obj, tmp))
+    log.info("wrote %s: %s with %d merged weights", out, base_file, len(merged))
+    return True
+
+
+__all__ = ["MERGEABLE_MODES", "export_adapter", "load_base_for_adapter", "write_base_plus_delta"]

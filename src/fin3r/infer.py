@@ -17,6 +17,9 @@ confidence-filtered cloud of :mod:`fin3r.outputs.scene` as ``scene.ply`` and ``s
 camera frusta), ``cameras.json`` where the model predicts cameras (:func:`write_cameras`), and,
 where every view has a camera, a COLMAP sparse model with its images in ``colmap/``
 (:mod:`fin3r.outputs.colmap`). ``docs/outputs.md`` lists every file with its frame and units.
+DUSt3R/MASt3R take any number of views through the global alignment (:mod:`fin3r.align`: pair
+graph, point-cloud optimiser), which gives them per-view depth, cameras and focal lengths too
+(a pair: without optimisation).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fin3r.align import AlignConfig, align_views, is_pairwise
 from fin3r.colormap import colorize
 from fin3r.errors import InputError
 from fin3r.media import Frame, is_video, open_rgb, read_video_frames
@@ -140,14 +144,22 @@ def predict_mono(model: Reconstructor, image: PreparedImage, device: torch.devic
         return model.predict_mono(image.img[None].to(device))
 
 
-def predict_views(model: Reconstructor, images: list[PreparedImage],
-                  device: torch.device | str = "cpu") -> ViewsPrediction:
-    """``model.predict_views`` on a set of prepared images of one size (batch 1, S = len(images))."""
+def predict_views(model: Reconstructor, images: list[PreparedImage], device: torch.device | str = "cpu",
+                  align: AlignConfig | None = None, progress: bool = False) -> ViewsPrediction:
+    """``model.predict_views`` on a set of prepared images of one size (batch 1, S = len(images)).
+
+    Pairwise models (DUSt3R, MASt3R) go through the global alignment (:func:`fin3r.align.align_views`
+    with ``align``, default :class:`~fin3r.align.AlignConfig`): any number of views, with cameras."""
     sizes = {tuple(im.img.shape[-2:]) for im in images}
     if len(sizes) != 1:
         raise InputError(f"multi-view inference needs one image size, got {sorted(sizes)}")
+    imgs = torch.stack([im.img for im in images])[None].to(device)
+    if is_pairwise(model):
+        if len(images) < 2:
+            raise InputError(f"{type(model).__name__}: --views needs at least 2 images, got {len(images)}")
+        return align_views(model, imgs, align or AlignConfig(), progress=progress)
     with torch.inference_mode():
-        return model.predict_views(torch.stack([im.img for im in images])[None].to(device))
+        return model.predict_views(imgs)
 
 
 # --- writers ------------------------------------------------------------------------------------
@@ -251,7 +263,8 @@ def default_long_side(model: Reconstructor) -> int:
 def run_inference(model: Reconstructor, inputs: list[Path | Frame], out_dir: str | Path, *, long_side: int | None = None,
                   views: bool = False, conf_threshold: float = 0.0, conf_percentile: float = 0.0,
                   save_npy: bool = False, device: torch.device | str = "cpu", progress: bool = True,
-                  model_name: str = "", colmap_points: int = 100_000, camera_model: str = "auto") -> dict:
+                  model_name: str = "", colmap_points: int = 100_000, camera_model: str = "auto",
+                  align: AlignConfig | None = None) -> dict:
     """Predict every image of ``inputs`` (mono) or all of them as one set (``views=True``) and write
     the outputs to ``out_dir``; returns the summary also written to ``predictions.json``.
 
@@ -284,7 +297,9 @@ def run_inference(model: Reconstructor, inputs: list[Path | Frame], out_dir: str
             summary["images"].append(_image_entry(image, stats))
     else:
         images = prepare_image_set(inputs, long_side, multiple)
-        pred = predict_views(model, images, device)
+        pred = predict_views(model, images, device, align=align, progress=progress)
+        if "align" in pred.extras:
+            summary["align"] = pred.extras["align"]
         summary.update(write_scene_outputs(out_dir, pred, images, conf_threshold, conf_percentile, save_npy,
                                            colmap_points, camera_model, summary["units"], progress))
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=2, default=_json_default))

@@ -20,6 +20,9 @@ example:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="base model: registry name or model file")
     parser.add_argument("--checkpoint", default=None, help="official weights for a registry-name --model")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="allow a registry name without --checkpoint: a randomly initialised model "
+                             "(smoke tests only)")
     parser.add_argument("--adapter", default=None, help="adapter to compare against the base (fin3r .safetensors or a released "
                              "Fin3R *_lora.pth)")
     parser.add_argument("--adapter-base", default=None,
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             h, w = (int(x) for x in args.size.lower().split("x"))
         except ValueError:
             raise InputError(f"--size must look like 384x512 (HxW), got {args.size!r}") from None
-    base = load_model(args.model, args.checkpoint)
+    base = load_model(args.model, args.checkpoint, random_weights=args.random_weights)
     images = load_images(args.images, h, w, args.limit)
     adapted = None
     if args.adapter:

@@ -29,12 +29,12 @@ the paper-style table (one row per model, each row's difference to the first) in
 
 examples:
   fin3r eval world --out data/world_eval
-  fin3r eval monodepth --model dust3r_tiny --root data/world_eval --benchmarks world
+  fin3r eval monodepth --model dust3r_tiny --random-weights --root data/world_eval --benchmarks world
   fin3r eval monodepth --teacher moge:ckpts/moge-2-vitl/model.pt --root data/eval --out eval/moge2
   fin3r eval monodepth --model dust3r_512_dpt --checkpoint ckpts/DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth \\
       --adapter runs/dust3r/adapter.safetensors --root data/eval --out eval/dust3r_fin3r
-  fin3r eval relpose --model mast3r_tiny --root data/world_eval --benchmark world_pairs --solver essential
-  fin3r eval pointmap --model vggt_tiny --root data/world_eval --benchmark world_scenes
+  fin3r eval relpose --model mast3r_tiny --random-weights --root data/world_eval --benchmark world_pairs --solver essential
+  fin3r eval pointmap --model vggt_tiny --random-weights --root data/world_eval --benchmark world_scenes
   fin3r eval pointmap --protocol pi3 --model vggt_1b --checkpoint model.pt --root data --benchmark dtu
   fin3r eval videodepth --model cut3r_512_dpt_4_64 --checkpoint cut3r_512_dpt_4_64.pth --root data --device cuda
   fin3r eval --compare eval/dust3r/monodepth.json eval/dust3r_fin3r/monodepth.json"""
@@ -46,6 +46,8 @@ def _model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None
     p.add_argument("--model", required=model_required, help="registry name (e.g. dust3r_512_dpt), fin3r .safetensors, "
                    "official .pth or HF folder")
     p.add_argument("--checkpoint", default=None, help="weights for a registry name (official or fin3r format)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="allow a registry name without --checkpoint: a randomly initialised model (smoke tests only)")
     p.add_argument("--adapter", default=None, help="Fin3R adapter (.safetensors from `fin3r train`, or a released "
                    "*_lora.pth) applied to the encoder")
     p.add_argument("--adapter-base", default=None, help="the checkpoint a released adapter of another model was "
@@ -110,7 +112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--benchmark", required=True, help="scene-set folder under ROOT (world: world_scenes)")
         p.add_argument("--layout", default=None, choices=("7scenes", "nrgbd", "scannet"), help="scene layout")
         p.add_argument("--kf-every", type=int, default=None, help="keep every k-th frame")
-        p.add_argument("--num-views", type=int, default=None, help="views per forward (default 2 for DUSt3R/MASt3R)")
+        p.add_argument("--num-views", type=int, default=None,
+                       help="views per forward (default 2 for DUSt3R/MASt3R; more: global alignment)")
+        p.add_argument("--align-graph", default=None, help="DUSt3R/MASt3R beyond pairs: pair graph (default complete)")
+        p.add_argument("--align-iters", type=int, default=None,
+                       help="DUSt3R/MASt3R beyond pairs: global-alignment iterations (default 100)")
         p.add_argument("--max-scenes", type=int, default=None, help="first N scenes only")
         if task == "pointmap":
             p.add_argument("--protocol", default="cut3r", choices=("cut3r", "pi3"),
@@ -152,7 +158,8 @@ def _load_model(args):
 
     from fin3r.models import load
 
-    model = load(args.model, args.checkpoint, adapter=args.adapter, device=args.device, adapter_base=args.adapter_base)
+    model = load(args.model, args.checkpoint, adapter=args.adapter, device=args.device, adapter_base=args.adapter_base,
+                 random_weights=args.random_weights)
     tag = Path(str(args.model)).stem if Path(str(args.model)).exists() else str(args.model)
     if args.adapter:
         tag += "+" + Path(args.adapter).stem
@@ -311,7 +318,8 @@ def _run(args: argparse.Namespace) -> int:
     from fin3r.eval.report import summary_table
 
     cfg = _config(MultiViewConfig, args, dict(layout=args.layout, kf_every=args.kf_every, num_views=args.num_views,
-                                              max_scenes=args.max_scenes, input_long_side=args.input_long_side))
+                                              max_scenes=args.max_scenes, input_long_side=args.input_long_side,
+                                              align_graph=args.align_graph, align_iters=args.align_iters))
     fn = evaluate_mvdepth if args.eval_task == "mvdepth" else evaluate_pointmap
     res = fn(model, args.root, args.benchmark, out, cfg, tag, progress)
     table = summary_table(res)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 
 HELP = "merge an adapter into its base model (official format), or write it for PEFT / the Hugging Face Hub"
-DESCRIPTION = """Merges weight-mode adapters into the base weights (zero inference overhead) and writes a
-checkpoint the original repositories load; output-mode adapters are written with the base's hash.
---format peft writes the adapter (unmerged) in PEFT's layout; --format hf a folder ready for the
-Hugging Face Hub with a model card. Formats and what PEFT applies for each mode: docs/outputs.md.
+DESCRIPTION = """Merges weight-mode adapters (weight_row, weight_fro, plain) into the base weights (zero
+inference overhead) and writes a checkpoint the original repositories load (an official .pth base:
+that file with the merged weights replaced, everything else kept). An output-mode adapter (the
+released per-token form) cannot be merged: asking for a merged file is an error (exit 2); --format
+adapter re-writes the adapter with its base's hash instead. --format peft writes the adapter
+(unmerged) in PEFT's layout; --format hf a folder ready for the Hugging Face Hub with a model card.
+Formats and what PEFT applies for each mode: docs/outputs.md.
 
 formats (--format):
   auto          .safetensors suffix -> safetensors, else the family's official .pth
@@ -20,6 +23,7 @@ formats (--format):
   safetensors   the official state_dict as one safetensors file
   peft          folder: adapter_config.json + adapter_model.safetensors (PEFT's keys; weight modes
                 as DoRA, exact) + README.md; `--adapter FOLDER` reads it back
+  adapter       the adapter itself (any mode), .safetensors, with the base's name and hash
 
 examples:
   fin3r export --adapter runs/dust3r/adapter.safetensors --checkpoint DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth \\
@@ -36,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="base model: registry name or model file (default: the adapter's base_name)")
     parser.add_argument("--checkpoint", default=None, help="official weights for a registry-name --model")
-    parser.add_argument("--format", default="auto", choices=["auto", "pth", "hf", "safetensors", "peft"])
+    parser.add_argument("--format", default="auto", choices=["auto", "pth", "hf", "safetensors", "peft", "adapter"])
     parser.add_argument("--eval", nargs=2, default=None, metavar=("BASE_JSON", "TUNED_JSON"),
                         help="--format hf: `fin3r eval` results of the base and the tuned model for the card's table")
     parser.add_argument("--base-model-id", default=None,
@@ -59,6 +63,5 @@ def run(args: argparse.Namespace) -> int:
     elif info["format"] in ("peft", "hf"):
         print(f"wrote the {info['mode']} adapter in PEFT's layout: {info['path']}")
     else:
-        print(f"{info['mode']} adapter cannot be merged (run-time re-normalisation); wrote the adapter with "
-              f"its base hash: {info['path']}")
+        print(f"wrote the {info['mode']} adapter with its base hash: {info['path']}")
     return 0

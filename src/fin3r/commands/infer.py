@@ -19,8 +19,10 @@ Images are read upright (EXIF orientation applied, as in labelling and training)
 long side is --size (default: the model's training size) and centre-cropped to multiples of the
 patch size; outputs have that size and predictions.json records each image's resize and crop. A
 video is sampled at --fps frames per second (OpenCV; frames named <video>_f<index>.png). --views predicts all
-images as one set (points in the first image's frame; DUSt3R/MASt3R take exactly 2 images) and
-adds:
+images as one set (points in the first image's frame; DUSt3R/MASt3R take any number of views
+through the global alignment: the model runs on the pairs of --graph, then the point-cloud
+optimiser (--align-iters) recovers per-view depth, poses and focal lengths; a pair gets cameras
+without optimisation; docs/alignment.md) and adds:
 
   scene.ply / scene.glb   the fused, confidence-filtered coloured cloud (the .glb also draws
                           every known camera as a frustum; glTF axes: x, -y, -z of OpenCV)
@@ -34,7 +36,12 @@ examples:
   fin3r infer photo.jpg --model DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth --out out/
   fin3r infer photos/ --model dust3r_512_dpt --checkpoint dust3r.pth --adapter adapter.safetensors
   fin3r infer pair/ --model mast3r.pth --views --conf-threshold 1.5
-  fin3r infer walk.mp4 --fps 2 --max-frames 24 --model vggt_1b --checkpoint vggt.pt --views --out walk/"""
+  fin3r infer walk.mp4 --fps 2 --max-frames 24 --model vggt_1b --checkpoint vggt.pt --views --out walk/
+  fin3r infer scene/ --model DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth --views --graph swin-4 --align-iters 300"""
+
+
+#: global-alignment iterations of `fin3r infer --views` (the spanning-tree start is close already)
+DEFAULT_ALIGN_ITERS = 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registry name (e.g. dust3r_512_dpt), official .pth, Hugging Face folder or fin3r "
                              ".safetensors file")
     parser.add_argument("--checkpoint", default=None, help="weights for a registry-name --model (any format)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="allow a registry name without --checkpoint: a randomly initialised model "
+                             "(smoke tests only)")
     parser.add_argument("--adapter", default=None, help="LoRA adapter to apply (.safetensors from `fin3r train`, or a released "
                              "Fin3R *_lora.pth)")
     parser.add_argument("--adapter-base", default=None,
@@ -54,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="infer_out", help="output folder (default: %(default)s)")
     parser.add_argument("--size", type=int, default=None, help="long side in pixels (default: the model's)")
     parser.add_argument("--views", action="store_true", help="predict all images as one multi-view set")
+    parser.add_argument("--graph", default="complete",
+                        help="DUSt3R/MASt3R --views: pair graph complete | swin-K | logwin-K | oneref-R "
+                             "(-noncyclic variants) (default: %(default)s)")
+    parser.add_argument("--align-iters", type=int, default=DEFAULT_ALIGN_ITERS,
+                        help="DUSt3R/MASt3R --views: global-alignment iterations (default: %(default)s; the "
+                             "official demo: 300)")
     parser.add_argument("--conf-threshold", type=float, default=0.0,
                         help="leave points with a lower confidence out of the point clouds (default: keep all)")
     parser.add_argument("--conf-percentile", type=float, default=0.0,
@@ -74,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from fin3r.align import AlignConfig, OptimizerConfig
     from fin3r.errors import InputError
     from fin3r.infer import list_inputs, run_inference
     from fin3r.models import apply_adapter, load_model
@@ -83,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if args.view and not args.adapter:
         raise InputError("--view compares the base model with an adapter: pass --adapter")
     inputs = list_inputs(args.input, args.fps, args.max_frames)
-    model = load_model(args.model, checkpoint=args.checkpoint).to(args.device).eval()
+    model = load_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights)
+    model = model.to(args.device).eval()
+    align = AlignConfig(graph=args.graph, optimizer=OptimizerConfig(niter=args.align_iters))
     if args.adapter:
         def adapt():
             info = apply_adapter(model, args.adapter, adapter_base=args.adapter_base)
@@ -110,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                             conf_threshold=args.conf_threshold, conf_percentile=args.conf_percentile,
                             save_npy=args.npy, device=args.device, progress=not args.no_progress,
                             model_name=str(args.model), colmap_points=args.colmap_points,
-                            camera_model=args.camera_model)
+                            camera_model=args.camera_model, align=align)
     print(f"wrote {len(summary['images'])} prediction(s) to {args.out}")
     if isinstance(summary.get("colmap"), dict):
         print(f"COLMAP model: {summary['colmap']['folder']} ({summary['colmap']['points']} points)")

@@ -6,7 +6,8 @@ import argparse
 
 HELP = "run a monocular teacher once per image and cache its depth labels"
 DESCRIPTION = """Pseudo-label cache: runs a teacher once per image of folders and/or tar shards (SA-1B's
-sa_*.tar) and stores, per image key <source>/<name>:
+sa_*.tar; a folder is searched for images and for .tar shards, so SA-1B as downloaded -- a folder
+of shards -- is given as that folder) and stores, per image key <source>/<name>:
 
   <key>.depth.png   16-bit log-encoded depth (MoGe's convention; --format npy: float16 .npy)
   <key>.mask.png    where the teacher's label is defined
@@ -28,8 +29,11 @@ into the same --out); under torchrun each rank takes shard RANK/WORLD_SIZE on cu
 same-size images; --precision fp16|bf16 runs the teacher in half precision on GPU. Resumable: images with a finished label are skipped; every file is written
 atomically (sidecar last). Corrupt, truncated or unreadable images are skipped and listed at the
 end and in <out>/label_report_<i>of<n>.json; --strict stops at the first one instead.
+Exit status: 0 when the shard has labels (some bad images allowed), 1 when every image of the
+shard failed, 2 when no image was found (or another one-line error).
 
 examples:
+  fin3r label --teacher moge:checkpoints/moge-vitl/model.pt --images /data/sa1b --out labels/   # folder of sa_*.tar
   fin3r label --teacher moge:checkpoints/moge-vitl/model.pt --images sa1b/sa_000000.tar --out labels/
   fin3r label --teacher hf:models/depth-anything-v2-small --images photos/ --out labels/ --shard 0/4
   fin3r label --teacher oracle --images world_images/ --out labels/
@@ -72,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="moge:<model.pt>[#opts] | da3:<folder>[#opts] | hf:<folder>[#kind=..,size=HxW] | depthpro:<folder> | "
                              "ensemble:<spec>,<spec>,... | oracle[:opts] (docs/data.md)")
     parser.add_argument("--images", required=True, nargs="+", metavar="DIR|TAR",
-                        help="image folders (searched recursively), .tar shards or image files")
+                        help="image folders (searched recursively for images and .tar shards), .tar shards or "
+                             "image files")
     parser.add_argument("--out", required=True, help="the label cache folder")
     parser.add_argument("--shard", type=_shard, default=None, metavar="i/n",
                         help="label only shard i of n (default 0/1; under torchrun: RANK/WORLD_SIZE)")
@@ -103,16 +108,20 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fin3r.data.labels import label_done, write_label
-    from fin3r.data.sa1b import BadImage, ImageReader, list_images
+    from fin3r.data.sa1b import IMAGE_EXTENSIONS, BadImage, ImageReader, list_images
     from fin3r.errors import Fin3rError, InputError
     from fin3r.teachers import load_teacher
 
     i, n, device = _shard_and_device(args.shard, args.device)
     out = Path(args.out)
+    all_refs = list_images(args.images)
+    if not all_refs:
+        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}, also inside .tar shards) in "
+                         f"{' '.join(map(str, args.images))}")
     teacher = load_teacher(args.teacher, device=device)
     if args.precision:
         teacher.set_precision(args.precision)
-    refs = list_images(args.images)[i::n]
+    refs = all_refs[i::n]
     todo = [r for r in refs if not label_done(out, r.key)]
     done_before = len(refs) - len(todo)
     reader = ImageReader()
@@ -195,4 +204,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  bad: {b['error']}", file=sys.stderr)
     if len(bad) > 20:
         print(f"  ... and {len(bad) - 20} more (see {out / f'label_report_{i}of{n}.json'})", file=sys.stderr)
+    if todo and labelled + done_before == 0:  # every image of this shard failed
+        print(f"fin3r label: error: none of the {len(todo)} images could be labelled", file=sys.stderr)
+        return 1
     return 0

@@ -52,24 +52,34 @@ def _stem_key(prefix: str, rel: str) -> str:
     return f"{prefix}/{rel_path.with_suffix('').as_posix()}" if prefix else rel_path.with_suffix("").as_posix()
 
 
+def _tar_images(src: Path) -> list[ImageRef]:
+    """The images of one tar shard, keyed ``<tar stem>/<member path without extension>``."""
+    try:
+        with tarfile.open(src) as tar:
+            names = sorted(m.name for m in tar.getmembers()
+                           if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS)
+    except (tarfile.TarError, OSError) as e:
+        raise InputError(f"cannot read the tar shard {src}: {e}") from e
+    return [ImageRef(_stem_key(src.stem, n), str(src), n) for n in names]
+
+
 def list_images(sources: Iterable[str | Path]) -> list[ImageRef]:
-    """Every image in ``sources`` (folders, searched recursively; ``.tar`` files; single images),
-    in sorted order per source. Raises :class:`InputError` for a source that does not exist or
-    two images with the same key."""
+    """Every image in ``sources``, in sorted order per source: a folder is searched recursively for
+    image files (keys ``<folder name>/<relative path>``) **and** ``.tar`` shards (each keyed by its
+    own stem, exactly as if the shard were given directly -- SA-1B as downloaded is a folder of
+    ``sa_*.tar``); a ``.tar`` file; a single image. Raises :class:`InputError` for a source that does
+    not exist or two images with the same key."""
     refs: list[ImageRef] = []
     for source in sources:
         src = Path(source)
         if src.is_dir():
-            files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            refs += [ImageRef(_stem_key(src.name, p.relative_to(src).as_posix()), str(p)) for p in files]
+            entries = sorted(p for p in src.rglob("*") if p.is_file())
+            refs += [ImageRef(_stem_key(src.name, p.relative_to(src).as_posix()), str(p)) for p in entries
+                     if p.suffix.lower() in IMAGE_EXTENSIONS]
+            for shard in (p for p in entries if p.suffix == ".tar"):
+                refs += _tar_images(shard)
         elif src.is_file() and src.suffix == ".tar":
-            try:
-                with tarfile.open(src) as tar:
-                    names = sorted(m.name for m in tar.getmembers()
-                                   if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS)
-            except (tarfile.TarError, OSError) as e:
-                raise InputError(f"cannot read the tar shard {src}: {e}") from e
-            refs += [ImageRef(_stem_key(src.stem, n), str(src), n) for n in names]
+            refs += _tar_images(src)
         elif src.is_file() and src.suffix.lower() in IMAGE_EXTENSIONS:
             refs.append(ImageRef(src.stem, str(src)))
         else:

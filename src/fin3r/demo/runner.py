@@ -52,7 +52,7 @@ def variant_train_config(cfg: DemoConfig, name: str, out_dir) -> TrainConfig:
         replay=ReplayConfig(weight=f.replay_weight),
         data=DataConfig(height=cfg.world.height, width=cfg.world.width, batch_size=f.batch_size,
                         mono_per_epoch=mono_steps * f.batch_size, replay_per_epoch=replay_steps * f.batch_size,
-                        replay="world" if replay_steps else "none"),
+                        replay="world" if replay_steps else "none", allow_no_replay=not spec["replay"]),
         optim=OptimConfig(lr=f.lr, min_lr=f.lr * f.min_lr_frac, weight_decay=0.0,
                           warmup_epochs=f.warmup_steps / max(f.steps, 1), epochs=1, grad_clip=1.0),
         ckpt_every=0,

@@ -109,22 +109,28 @@ def mono_predictor(
     return predict
 
 
-def predict_views_resized(model, imgs: Tensor, long_side: int | None = None):
-    """Run ``model.predict_views`` on ``imgs (S, 3, H, W)`` resized to the model input.
+def predict_views_resized(model, imgs: Tensor, long_side: int | None = None, align=None):
+    """Run ``model.predict_views`` on ``imgs (S, 3, H, W)`` resized to the model input; pairwise
+    models (DUSt3R, MASt3R) with ``S > 2`` go through the global alignment
+    (:func:`fin3r.align.align_views` with ``align``, an :class:`~fin3r.align.AlignConfig`).
 
     Returns ``(ViewsPrediction, (h, w))`` -- the prediction at the input size ``(h, w)``."""
+    from fin3r.align import AlignConfig, align_views, is_pairwise
+
     H, W = imgs.shape[-2:]
     family, patch = getattr(model, "family", ""), int(getattr(model, "patch_size", 16))
     size = model_input_size(H, W, family, patch, long_side)
     x = resize_image(imgs.float(), size)[None]
     dev = next(model.parameters()).device
+    if is_pairwise(model) and x.shape[1] > 2:
+        return align_views(model, x.to(dev), align or AlignConfig()), size
     with torch.no_grad():
         pred = model.predict_views(x.to(dev))
     return pred, size
 
 
 def default_num_views(model) -> int | None:
-    """Views per forward: 2 for the pairwise DUSt3R/MASt3R, None (all) for CUT3R/VGGT
-    (``ModelFamily.views_per_forward``)."""
+    """Views per forward: 2 for the pairwise DUSt3R/MASt3R (more go through the global alignment),
+    None (all) for CUT3R/VGGT (``ModelFamily.views_per_forward``)."""
     spec = find_family(getattr(model, "family", ""))
     return spec.views_per_forward if spec is not None else None

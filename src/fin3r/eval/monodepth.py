@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BenchmarkSpec",
+    "read_benchmark_json",
     "MonodepthConfig",
     "MOGE_BENCHMARKS",
     "PAPER_BENCHMARKS",
@@ -132,21 +133,70 @@ class MonodepthConfig:
     fov: bool = False
 
 
+#: ``benchmark.json`` keys that are recorded but not used
+BENCHMARK_JSON_INFO_KEYS = ("source", "seed", "description")
+
+
+def read_benchmark_json(path: str | Path) -> dict:
+    """Read and check a benchmark's ``benchmark.json`` (``docs/evaluation.md``): a JSON object with
+    the :class:`BenchmarkSpec` fields -- ``width``, ``height`` (evaluation size, positive
+    integers; required), ``depth_unit`` (a positive number: the GT is metric, metres = stored
+    depth x depth_unit; ``null``: the GT is known up to scale, no ``depth_metric`` score),
+    ``split`` (index file, default ``.index.txt``), ``drop_max_depth`` (positive number, default
+    1000), ``input_long_side`` (positive integer or ``null``), ``path`` -- plus the informational
+    ``source``, ``seed``, ``description``. Anything else is an :class:`InputError` naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    known = set(BenchmarkSpec.__dataclass_fields__) | set(BENCHMARK_JSON_INFO_KEYS)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    for key in ("width", "height"):
+        if key not in data:
+            raise InputError(f"{path}: missing {key!r} (the evaluation size in pixels)")
+
+    def positive(key: str, integer: bool, nullable: bool) -> None:
+        v = data.get(key)
+        if v is None and (nullable or key not in data):
+            return
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok or not v > 0:
+            kind = "a positive integer" if integer else "a positive number"
+            raise InputError(f"{path}: {key!r} must be {kind}{' or null' if nullable else ''}, got {v!r}")
+
+    positive("width", True, False)
+    positive("height", True, False)
+    positive("depth_unit", False, True)
+    positive("drop_max_depth", False, False)
+    positive("input_long_side", True, True)
+    for key in ("split", "path"):
+        if key in data and not isinstance(data[key], str):
+            raise InputError(f"{path}: {key!r} must be a string")
+    return data
+
+
 def resolve_benchmark(root: str | Path, name: str, config: MonodepthConfig | None = None) -> tuple[Path, BenchmarkSpec]:
-    """The folder and spec of benchmark ``name`` under ``root``: ``config.specs`` first, then a
-    ``benchmark.json`` in the folder, then MoGe's table."""
+    """The folder and spec of benchmark ``name`` under ``root``: ``config.specs`` first, then MoGe's
+    table, with a ``benchmark.json`` in the folder overriding their fields (:func:`read_benchmark_json`).
+    A benchmark that is neither in ``config.specs`` nor in MoGe's table needs its ``benchmark.json``."""
     config = config or MonodepthConfig()
     spec = config.specs.get(name) or MOGE_BENCHMARKS.get(name)
     folder = Path(root) / (spec.path if spec else name)
     meta = folder / "benchmark.json"
     if meta.is_file():
-        data = json.loads(meta.read_text())
+        data = read_benchmark_json(meta)
         base = asdict(spec) if spec else {"path": name}
         base.update({k: v for k, v in data.items() if k in BenchmarkSpec.__dataclass_fields__})
         spec = BenchmarkSpec(**base)
     if spec is None:
         known = ", ".join(list(MOGE_BENCHMARKS) + ["world"])
-        hint = f"; export it with `fin3r eval world --out {root}`" if name == "world" else ""
+        hint = (f"; export it with `fin3r eval world --out {root}`" if name == "world" else
+                "; a custom benchmark needs its benchmark.json (`fin3r data moge-benchmark` writes one)")
         raise InputError(f"unknown benchmark {name!r} (no {meta}); known: {known}{hint}")
     if not folder.is_dir():
         raise InputError(f"benchmark {name}: missing folder {folder}")

@@ -2,7 +2,8 @@
 
 For every keyframe of every scene (:mod:`fin3r.eval.scenes` layouts) the model sees the keyframe
 as view 0 with ``num_views - 1`` neighbouring keyframes as source views (default: one for the
-pairwise DUSt3R/MASt3R, the next keyframes up to ``num_views`` for CUT3R/VGGT). The keyframe's
+pairwise DUSt3R/MASt3R, the next keyframes up to ``num_views`` for CUT3R/VGGT; DUSt3R/MASt3R with
+``num_views > 2`` go through the global alignment). The keyframe's
 depth (z of its own-frame points, view 0) is resized to the GT with nearest resampling, scaled by
 ``median(gt) / median(pred)`` over the valid GT pixels, clipped to ``[0.1, 100]`` and scored:
 ``absrel = mean |p - g| / g`` and ``inliers103 = mean[max(p/g, g/p) < 1.03]`` (fractions; RMVD
@@ -38,7 +39,10 @@ class MultiViewConfig:
             else ``7scenes``).
         kf_every: keep every k-th frame of a scene (CUT3R: 200 for 7-Scenes, ~500 for NRGBD).
         max_frames: at most this many keyframes per scene.
-        num_views: views per forward (default: 2 for DUSt3R/MASt3R, all keyframes otherwise).
+        num_views: views per forward (default: 2 for DUSt3R/MASt3R, all keyframes otherwise);
+            DUSt3R/MASt3R with more than 2 views: pair graph + global alignment (``fin3r.align``).
+        align_graph: the global alignment's pair graph (``complete``, ``swin-K``, ...).
+        align_iters: the global alignment's optimiser iterations.
         input_long_side: model input long side (default per family / benchmark.json).
         min_depth, max_depth: valid GT depth range in metres.
         max_scenes: evaluate only the first N scenes.
@@ -60,6 +64,14 @@ class MultiViewConfig:
     align: str = "median"
     icp_threshold: float = 0.1
     crop: int = 224
+    align_graph: str = "complete"
+    align_iters: int = 100
+
+    def align_config(self):
+        """The :class:`~fin3r.align.AlignConfig` of these settings."""
+        from fin3r.align import AlignConfig, OptimizerConfig
+
+        return AlignConfig(graph=self.align_graph, optimizer=OptimizerConfig(niter=self.align_iters))
 
 
 def benchmark_settings(folder: Path, config: MultiViewConfig) -> tuple[str, int | None]:
@@ -113,7 +125,7 @@ def evaluate_mvdepth(
                 excluded.append(f"{scene}/{kf[i].name}")
                 continue
             t0 = time.perf_counter()
-            pred, _ = predict_views_resized(model, imgs, long_side)
+            pred, _ = predict_views_resized(model, imgs, long_side, config.align_config())
             t_fwd += time.perf_counter() - t0
             depth = pred.pts3d[0, 0, ..., 2].float().cpu()
             depth = F.interpolate(depth[None, None], size=gt.shape, mode="nearest")[0, 0]

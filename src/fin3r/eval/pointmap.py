@@ -61,7 +61,7 @@ def _centre_crop(x: Tensor, crop: int) -> Tensor:
 
 def _reconstruction(model, frames: list[dict], config: MultiViewConfig, long_side: int | None) -> dict | None:
     imgs = torch.stack([f["img"] for f in frames])
-    pred, (h, w) = predict_views_resized(model, imgs, long_side)
+    pred, (h, w) = predict_views_resized(model, imgs, long_side, config.align_config())
     H, W = frames[0]["depth"].shape
     depth = F.interpolate(torch.stack([f["depth"] for f in frames])[:, None], size=(h, w), mode="nearest")[:, 0]
     valid = F.interpolate(torch.stack([f["valid"] for f in frames]).float()[:, None], size=(h, w), mode="nearest")[:, 0] > 0

@@ -207,23 +207,10 @@ def solve_pnp(pts_in_0: np.ndarray, K1: np.ndarray, mask: np.ndarray | None = No
               reproj_px: float = 5.0) -> np.ndarray:
     """``T_0to1 (4, 4)`` from view 1's points in view 0's frame ``(H, W, 3)`` on view 1's pixel grid
     (pixel (i, j) at u=j, v=i) by SQPnP-RANSAC; NaN matrix on failure."""
-    H, W = pts_in_0.shape[:2]
-    vv, uu = np.mgrid[0:H, 0:W]
-    px = np.stack([uu, vv], -1).reshape(-1, 2).astype(np.float64)
-    X = pts_in_0.reshape(-1, 3).astype(np.float64)
-    keep = np.isfinite(X).all(-1) if mask is None else (mask.reshape(-1) & np.isfinite(X).all(-1))
-    if keep.sum() < 6:
-        return np.full((4, 4), np.nan)
-    ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-        X[keep], px[keep], np.asarray(K1, dtype=np.float64), None, iterationsCount=iters,
-        reprojectionError=reproj_px, flags=cv2.SOLVEPNP_SQPNP,
-    )
-    if not ok:
-        return np.full((4, 4), np.nan)
-    T = np.eye(4)
-    T[:3, :3] = cv2.Rodrigues(rvec)[0]
-    T[:3, 3] = tvec.reshape(3)
-    return T
+    from fin3r.align.camera import solve_pnp_ransac
+
+    res = solve_pnp_ransac(pts_in_0, K1, mask, iters=iters, reproj_px=reproj_px, min_points=6)
+    return np.full((4, 4), np.nan) if res is None else res[0]
 
 
 def solve_essential(kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray, K1: np.ndarray, px_thr: float = 0.5,

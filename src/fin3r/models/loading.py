@@ -40,6 +40,7 @@ from fin3r.errors import CheckpointError
 from fin3r.io import atomic_write, read_safetensors, safe_torch_load, write_text_atomic
 from fin3r.lora import LoRALinear, apply_fin3r_lora, import_fin3r_lora, load_adapter
 from fin3r.models.base import Reconstructor
+from fin3r.models.hub_cache import cached_snapshot, looks_like_hub_id
 from fin3r.models.io import MAX_DESCRIPTION_CHARS, FIN3R_CONFIG_FILE, is_fin3r_file, read_fin3r_file, read_json
 from fin3r.models.registry import FAMILIES, MODEL_CONFIGS, build_model, family_spec, find_family, resolve_config
 from fin3r.models.spec import ModelFamily
@@ -174,18 +175,27 @@ def _build_with_weights(config: dict[str, Any], state_dict: dict[str, Tensor], s
 
 
 def load_model(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.PathLike | None = None,
-               device: torch.device | str = "cpu") -> Reconstructor:
+               device: torch.device | str = "cpu", random_weights: bool = True) -> Reconstructor:
     """A model in eval mode from:
 
     - a registry name or a config dict (random init, or the weights of ``checkpoint`` -- any
-      format below -- whose own description must agree with it);
+      format below -- whose own description must agree with it); ``random_weights=False``
+      refuses a registry name without ``checkpoint`` (the commands' default: a forgotten
+      ``--checkpoint`` must not silently run random weights);
     - a fin3r ``.safetensors`` file (:func:`save_model`);
-    - an official ``.pth`` file or a Hugging Face folder of any registered family.
+    - an official ``.pth`` file or a Hugging Face folder of any registered family;
+    - a Hugging Face hub id (``naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt``) already in the local
+      Hugging Face cache (:func:`fin3r.models.hub_cache.cached_snapshot`; never downloaded).
     """
     name = model if isinstance(model, dict) else str(model)
     if isinstance(name, dict) or name in MODEL_CONFIGS:
         requested = resolve_config(name)
         if checkpoint is None:
+            if not random_weights:
+                raise CheckpointError(
+                    f"{name!r} is a registry name, which builds a randomly initialised model: give its weights with "
+                    f"--checkpoint FILE (or name the file itself with --model), or pass --random-weights to run "
+                    f"random weights on purpose")
             return build_model(requested).to(device).eval()
         spec = family_spec(requested["family"])
         spec, described, state_dict = read_checkpoint(checkpoint, spec)
@@ -197,6 +207,8 @@ def load_model(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.P
         if checkpoint is not None:
             raise CheckpointError(f"load_model: `checkpoint` is only used with a registry name, got {name!r}")
         path = Path(name)
+        if not path.exists() and looks_like_hub_id(name):
+            path = cached_snapshot(name)
         if not path.exists():
             raise CheckpointError(f"{name}: no such file or folder, and not a registry name "
                                   f"({', '.join(MODEL_CONFIGS)})")
@@ -305,10 +317,10 @@ def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base
 
 def load(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.PathLike | None = None,
          adapter: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-         adapter_base: str | os.PathLike | None = None) -> Reconstructor:
+         adapter_base: str | os.PathLike | None = None, random_weights: bool = True) -> Reconstructor:
     """The model a user names (:func:`load_model`), with ``adapter`` applied (:func:`apply_adapter`;
-    ``adapter_base``: see there), in eval mode on ``device``."""
-    net = load_model(model, checkpoint)
+    ``adapter_base``: see there), in eval mode on ``device``; ``random_weights``: see :func:`load_model`."""
+    net = load_model(model, checkpoint, random_weights=random_weights)
     if adapter is not None:
         apply_adapter(net, adapter, adapter_base=adapter_base)
     elif adapter_base is not None:

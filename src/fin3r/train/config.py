@@ -14,28 +14,33 @@ from typing import Literal
 class ModelConfig:
     """Which base model to adapt.
 
-    ``name`` is a registry name (``dust3r_512_dpt``, ``dust3r_tiny``, ...), an official checkpoint
-    file / HF folder, or a fin3r ``.safetensors`` model file. ``checkpoint``: the official weights
-    for a registry name. A registry name without a checkpoint builds a randomly initialised model
-    (only useful for smoke tests; a warning says so).
+    ``checkpoint``: the base weights -- an official ``.pth``, a Hugging Face folder, a fin3r
+    ``.safetensors`` model, or a hub id in the local Hugging Face cache. A file that describes its
+    own architecture (all of these, except a bare state_dict) is built as it describes itself:
+    ``name`` does not override it (it must only be of the same family) and may be ``null``.
+    ``name``: a registry name (``dust3r_512_dpt``, ``dust3r_tiny``, ...) -- the architecture of a
+    checkpoint that carries none, or, without a checkpoint, a randomly initialised model (smoke
+    tests only; a warning says so) -- or a model file itself.
     """
 
-    name: str = "dust3r_tiny"
+    name: str | None = "dust3r_tiny"
     checkpoint: str | None = None
 
 
 @dataclass
 class LoraConfig:
-    """The adapter. Default: the released Fin3R layout -- rank 8, alpha 8 on the encoder's ``qkv``
-    layers, per-token ``output`` re-normalisation (loads and exports like the released
-    ``*_lora.pth``). ``mode: weight_row`` (the paper's formula, row-wise) merges into the weights at
-    export (zero overhead, official checkpoint format); ``mode: null`` is plain LoRA."""
+    """The adapter. Default: rank 8, alpha 8 on the encoder's ``qkv`` layers (the released Fin3R
+    layout) with ``mode: weight_row`` -- the paper's re-normalisation, row-wise, which merges into
+    the weights at export (zero inference overhead, official checkpoint format). ``mode: output``
+    (per-token re-normalisation of q, k, v at run time) reproduces the released ``*_lora.pth``
+    adapters but cannot be merged; ``mode: weight_fro`` is the Frobenius-norm form; ``mode: null``
+    is plain LoRA."""
 
     targets: list[str] = field(default_factory=lambda: ["qkv"])
     rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
-    mode: str | None = "output"
+    mode: str | None = "weight_row"
 
 
 @dataclass
@@ -72,6 +77,8 @@ class DataConfig:
     ``fin3r.data.hypersim.HypersimViews`` / ``fin3r.data.tartanair.TartanAirViews``). Every
     replay source contributes ``replay_per_epoch`` samples per epoch. ``*_per_epoch``: samples drawn from
     each source per epoch (the paper: 20k SA-1B mono + 2k Hypersim/TartanAir replay).
+    ``allow_no_replay``: training without any replay (naive LoRA, which forgets multi-view
+    geometry) is refused unless this is true.
     """
 
     mono: Literal["world", "labels"] = "world"
@@ -91,6 +98,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 0
     heldout_images: int = 8  # fixed held-out images for the per-epoch feature-norm signal
+    allow_no_replay: bool = False
 
 
 @dataclass

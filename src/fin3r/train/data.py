@@ -8,6 +8,7 @@ images) or a replay source (``"replay"`` for the synthetic world, ``"hypersim"``
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -59,9 +60,30 @@ def build_datasets(config: TrainConfig) -> dict[str, Any]:
     for name, root in d.replay_roots.items():
         if name not in REPLAY_READERS:
             raise Fin3rError(f"data.replay_roots: unknown replay set {name!r} (known: {', '.join(REPLAY_READERS)})")
-        module, cls = REPLAY_READERS[name]
-        out[name] = getattr(importlib.import_module(module), cls)(root, d.num_views, d.height, d.width, seed=config.seed)
+        out[name] = _replay_reader(name, root, REPLAY_READERS[name], config)
     return out
+
+
+def _replay_reader(name: str, root: Any, reader: tuple[str, str], config: TrainConfig):
+    """One real replay set, validated: a one-line :class:`Fin3rError` naming ``data.replay_roots.<name>``
+    for a root that is not a folder, cannot be read, or holds no sequence of ``num_views`` frames."""
+    d = config.data
+    where = f"data.replay_roots.{name}={root}"
+    if not isinstance(root, str) or not root:
+        raise Fin3rError(f"{where}: expected a folder path")
+    if not Path(root).is_dir():
+        raise Fin3rError(f"{where}: no such folder")
+    module, cls = reader
+    try:
+        dataset = getattr(importlib.import_module(module), cls)(root, d.num_views, d.height, d.width, seed=config.seed)
+    except Fin3rError as e:
+        raise Fin3rError(f"{where}: {e}") from None
+    except (OSError, ValueError, KeyError, IndexError) as e:  # unreadable metadata files
+        raise Fin3rError(f"{where}: cannot read the {name} layout ({type(e).__name__}: {e})") from None
+    if len(dataset) == 0:
+        raise Fin3rError(f"{where}: no {name} sequence with {d.num_views} usable frames found (the raw layout "
+                         f"is described in docs/data.md)")
+    return dataset
 
 
 def check_same_data(datasets: dict[str, Any], ctx: DistContext) -> None:
@@ -104,6 +126,12 @@ def make_sampler(datasets: dict[str, Any], config: TrainConfig, ctx: DistContext
         if config.data.replay_per_epoch > 0:
             sizes[name] = len(datasets[name])
             counts[name] = config.data.replay_per_epoch
+    if (len(counts) == 1 or config.replay.weight <= 0) and counts["mono"] > 0 and not config.data.allow_no_replay:
+        raise Fin3rError(
+            "no multi-view replay (data.replay=none, data.replay_roots empty, data.replay_per_epoch=0 or "
+            "replay.weight=0): distillation alone is naive LoRA, which forgets multi-view geometry; give "
+            "data.replay_roots.hypersim=... data.replay_roots.tartanair=... (docs/data.md), or set "
+            "data.allow_no_replay=true to train without replay on purpose")
     return MixtureSampler(sizes, counts, config.data.batch_size, config.seed, rank=ctx.rank, world_size=ctx.world_size)
 
 

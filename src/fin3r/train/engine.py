@@ -49,7 +49,7 @@ from fin3r.train.data import (accumulation_windows, build_datasets, check_same_d
 from fin3r.train.distributed import (DistContext, barrier, broadcast_from_main, resolve_device, setup_distributed,
                                      teardown, wrap_ddp)
 from fin3r.train.logging import MetricsLogger
-from fin3r.train.model import LossModule, inject_encoder_lora, load_base_model, set_train_mode
+from fin3r.train.model import LossModule, adapter_base_name, inject_encoder_lora, load_base_model, set_train_mode
 from fin3r.train.optim import build_optimizer, lr_at, make_schedule, optimizer_step
 from fin3r.train.precision import autocast, autocast_dtype, store_frozen_in_bf16
 from fin3r.train.state import TrainState
@@ -222,7 +222,7 @@ def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datas
     adapter_path = None
     if ctx.main:
         adapter_path = out_dir / "adapter.safetensors"
-        save_adapter(base, adapter_path, base_name=config.model.name, step=state.step, epochs=state.epoch,
+        save_adapter(base, adapter_path, base_name=adapter_base_name(config), step=state.step, epochs=state.epoch,
                      train_config=to_dict(config))
     barrier(ctx)
     return TrainResult(model=base, adapter_path=adapter_path, out_dir=out_dir, steps=state.step, epochs=state.epoch,
@@ -306,7 +306,7 @@ class _Reporter:
         self.metrics.log(record)
         state.history.append(record)
         save_adapter(model, Path(self.config.out_dir) / f"adapter_epoch{state.epoch:03d}.safetensors",
-                     base_name=self.config.model.name, epoch=state.epoch, step=state.step)
+                     base_name=adapter_base_name(self.config), epoch=state.epoch, step=state.step)
 
     def close(self) -> None:
         if self.bar is not None:

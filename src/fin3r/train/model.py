@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from fin3r.errors import Fin3rError
+from fin3r.errors import CheckpointError, Fin3rError
 from fin3r.models import MODEL_CONFIGS, load_model, replay_loss
 from fin3r.train.config import TrainConfig
 
@@ -19,11 +20,39 @@ log = logging.getLogger(__name__)
 
 
 def load_base_model(config: TrainConfig) -> nn.Module:
-    """The base model ``config.model`` names (registry name + checkpoint, or a file)."""
+    """The base model ``config.model`` names (see :class:`~fin3r.train.config.ModelConfig`): the
+    checkpoint as it describes itself (``model.name`` only checks the family), a registry name
+    for a checkpoint without a description, or a registry name / model file alone."""
     name, ckpt = config.model.name, config.model.checkpoint
-    if name in MODEL_CONFIGS and ckpt is None:
-        log.warning("model %r has no checkpoint: training a randomly initialised model (smoke test only)", name)
-    return load_model(name, ckpt)
+    if ckpt is None:
+        if name is None:
+            raise Fin3rError("model: set model.checkpoint (the base weights) or model.name")
+        if name in MODEL_CONFIGS:
+            log.warning("model %r has no checkpoint: training a randomly initialised model (smoke test only)", name)
+        return load_model(name)
+    if name is not None and name not in MODEL_CONFIGS:
+        raise Fin3rError(f"model.name={name!r} is not a registry name; with model.checkpoint set, model.name is a "
+                         f"registry name or null")
+    try:
+        model = load_model(ckpt)  # the file's own architecture
+    except CheckpointError:
+        if name is None:
+            raise
+        return load_model(name, ckpt)  # e.g. a bare state_dict: the registry name gives the architecture
+    if name is not None and MODEL_CONFIGS[name]["family"] != model.family:
+        raise Fin3rError(f"model.checkpoint={ckpt} holds a {model.family} model, but model.name={name!r} is a "
+                         f"{MODEL_CONFIGS[name]['family']} one; set model.name=null to take the file as it is")
+    return model
+
+
+def adapter_base_name(config: TrainConfig) -> str:
+    """What an adapter records as its base (``base_name``): the absolute, resolved path of the file
+    holding the base weights (so ``fin3r export`` works from any folder), else the registry name."""
+    name, ckpt = config.model.name, config.model.checkpoint
+    for candidate in (ckpt, name):
+        if candidate is not None and Path(candidate).exists():
+            return str(Path(candidate).resolve())
+    return str(ckpt or name)
 
 
 def inject_encoder_lora(model: nn.Module, config: TrainConfig) -> list[str]:
@@ -85,4 +114,4 @@ class LossModule(nn.Module):
         return c.replay.weight * loss, stats
 
 
-__all__ = ["LossModule", "inject_encoder_lora", "load_base_model", "set_train_mode"]
+__all__ = ["LossModule", "adapter_base_name", "inject_encoder_lora", "load_base_model", "set_train_mode"]
