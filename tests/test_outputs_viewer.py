@@ -66,7 +66,7 @@ def test_view_command_writes_a_self_contained_page(run, tmp_path):
     pos_t = np.frombuffer(base64.b64decode(tuned["pos"]), "<f4").reshape(-1, 3)
     assert len(pos_b) == base["n"] == 2 * 64 * 48 and np.isfinite(pos_b).all()
     assert not np.allclose(pos_b, pos_t, atol=1e-4)  # the adapter changes the points
-    assert len(base["frusta"]) == 1  # a DUSt3R pair: only view 0's camera is known
+    assert len(base["frusta"]) == 2  # a DUSt3R pair: both cameras (the pair viewer of fin3r.align)
     # mono: one scene per image; `fin3r view RUN` re-opens a folder's page; infer --view writes one too
     assert main(["view", str(run / "run" / "adapter.safetensors"), "--images", str(run / "imgs"), "--size", "64",
                  "--out", str(run / "run" / "view.html"), "--no-open"]) == 0
