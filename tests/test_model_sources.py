@@ -1,7 +1,7 @@
 """Where a base model comes from, as a user names it: a recipe's `model.name` does not override a
 checkpoint's own architecture, adapters record an absolute base path, registry names without
 weights are refused by the commands, the exported `.pth` is the base file plus the merged delta,
-and hub ids resolve from the local Hugging Face cache."""
+hub ids resolve from the local Hugging Face cache, and infer's preprocessing modes."""
 
 import argparse
 import os
@@ -134,3 +134,24 @@ def test_hub_ids_resolve_from_the_local_cache_only(tmp_path, monkeypatch, capsys
     Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(folder / "a.png")
     assert main(["infer", str(folder), "--model", "naver/DUSt3R_tiny_test", "--out", str(tmp_path / "o")]) == 2
     assert "never downloads" in capsys.readouterr().err
+
+
+def test_infer_preprocessing_modes(tmp_path):
+    from fin3r.infer import prepare_image
+
+    path = tmp_path / "land.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(path)
+    tall = tmp_path / "tall.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (700, 300, 3), dtype=np.uint8)).save(tall)
+    # VGGT crop: width 518, height round(300 * 518 / 500 / 14) * 14 = 308; a tall image is cropped to 518
+    assert prepare_image(path, 518, 14, mode="crop").img.shape == (3, 308, 518)
+    assert prepare_image(tall, 518, 14, mode="crop").img.shape == (3, 518, 518)
+    # VGGT pad: long side 518, the other side 308, padded white (1.0) to 518 x 518, centred
+    padded = prepare_image(path, 518, 14, mode="pad")
+    assert padded.img.shape == (3, 518, 518) and padded.crop == (0, -105)
+    assert bool((padded.img[:, :105] == 1).all()) and bool((padded.img[:, -105:] == 1).all())
+    # DUSt3R 224: short side 224, centre square
+    square = prepare_image(path, 224, 16, mode="square")
+    assert square.img.shape == (3, 224, 224) and square.resized_size == (224, 373) and square.crop == (74, 0)
+    with pytest.raises(Exception, match="multiple of the patch"):
+        prepare_image(path, 500, 14, mode="crop")

@@ -100,16 +100,31 @@ def target_size(height: int, width: int, long_side: int, multiple: int) -> tuple
     return (rh, rw), (rh // multiple * multiple, rw // multiple * multiple)
 
 
+#: ``prepare_image`` modes (``fin3r infer --preprocess``)
+PREPROCESS_MODES = ("default", "crop", "pad", "square")
+
+
 def prepare_image(source: str | Path | Frame, long_side: int = 512, multiple: int = 16,
-                  size: tuple[int, int] | None = None) -> PreparedImage:
+                  size: tuple[int, int] | None = None, mode: str = "default") -> PreparedImage:
     """Load an image file (EXIF orientation applied: :func:`fin3r.media.open_rgb`, as in labelling and
-    training) or take a video :class:`~fin3r.media.Frame`, resize it and centre-crop it.
+    training) or take a video :class:`~fin3r.media.Frame`, resize it and centre-crop (or pad) it.
+
+    Modes (``long_side`` is the target side ``S``): ``default`` -- long side ``S``, each side
+    centre-cropped down to a multiple of ``multiple`` (DUSt3R's 512 loader without forcing 4:3);
+    ``crop`` -- VGGT's ``load_and_preprocess_images(mode="crop")``: width ``S``, height
+    ``round(h S / w / multiple) * multiple`` (BICUBIC), centre-cropped to ``S`` if taller; ``pad`` --
+    VGGT's ``mode="pad"``: long side ``S``, the other rounded to a multiple (BICUBIC), padded with
+    white to ``S x S`` (centred); ``square`` -- DUSt3R's 224 loader: short side ``S``, centre square.
 
     ``size=(H, W)`` forces the output size (resize to cover, then centre-crop), e.g. so that all
     views of a multi-view set agree.
     """
     from PIL import Image
 
+    if mode not in PREPROCESS_MODES:
+        raise InputError(f"unknown preprocessing {mode!r}; expected one of {', '.join(PREPROCESS_MODES)}")
+    if mode != "default" and size is None and long_side % multiple:
+        raise InputError(f"--preprocess {mode}: the size {long_side} must be a multiple of the patch size {multiple}")
     if isinstance(source, Frame):
         rgb0 = source.rgb
     else:
@@ -120,7 +135,21 @@ def prepare_image(source: str | Path | Frame, long_side: int = 512, multiple: in
             raise InputError(f"{source}: cannot read as an image ({e})") from e
     im = Image.fromarray(rgb0)
     w0, h0 = im.size
-    if size is None:
+    resample = None
+    if size is None and mode == "crop":
+        rw, rh = long_side, max(multiple, round(h0 * long_side / w0 / multiple) * multiple)
+        cw, ch, resample = rw, min(rh, long_side), Image.BICUBIC
+    elif size is None and mode == "pad":
+        if w0 >= h0:
+            rw, rh = long_side, max(multiple, round(h0 * long_side / w0 / multiple) * multiple)
+        else:
+            rh, rw = long_side, max(multiple, round(w0 * long_side / h0 / multiple) * multiple)
+        cw, ch, resample = rw, rh, Image.BICUBIC
+    elif size is None and mode == "square":
+        s = long_side / min(h0, w0)
+        rh, rw = max(long_side, round(h0 * s)), max(long_side, round(w0 * s))
+        ch = cw = long_side
+    elif size is None:
         (rh, rw), (ch, cw) = target_size(h0, w0, long_side, multiple)
     else:
         ch, cw = size
@@ -128,10 +157,16 @@ def prepare_image(source: str | Path | Frame, long_side: int = 512, multiple: in
             raise InputError(f"size {ch}x{cw} is not a multiple of {multiple}")
         scale = max(ch / h0, cw / w0)
         rh, rw = max(ch, round(h0 * scale)), max(cw, round(w0 * scale))
-    resample = Image.LANCZOS if rh * rw < h0 * w0 else Image.BICUBIC
+    if resample is None:
+        resample = Image.LANCZOS if rh * rw < h0 * w0 else Image.BICUBIC
     im = im.resize((rw, rh), resample)
     x0, y0 = (rw - cw) // 2, (rh - ch) // 2
     im = im.crop((x0, y0, x0 + cw, y0 + ch))
+    if size is None and mode == "pad" and (cw, ch) != (long_side, long_side):
+        canvas = Image.new("RGB", (long_side, long_side), (255, 255, 255))
+        canvas.paste(im, ((long_side - cw) // 2, (long_side - ch) // 2))
+        im = canvas
+        x0, y0 = x0 - (long_side - cw) // 2, y0 - (long_side - ch) // 2  # negative: padding
     rgb = np.asarray(im, dtype=np.uint8).copy()
     img = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
     return PreparedImage(img, rgb, source, (h0, w0), (rh, rw), (x0, y0))
@@ -264,7 +299,7 @@ def run_inference(model: Reconstructor, inputs: list[Path | Frame], out_dir: str
                   views: bool = False, conf_threshold: float = 0.0, conf_percentile: float = 0.0,
                   save_npy: bool = False, device: torch.device | str = "cpu", progress: bool = True,
                   model_name: str = "", colmap_points: int = 100_000, camera_model: str = "auto",
-                  align: AlignConfig | None = None) -> dict:
+                  align: AlignConfig | None = None, preprocess: str = "default") -> dict:
     """Predict every image of ``inputs`` (mono) or all of them as one set (``views=True``) and write
     the outputs to ``out_dir``; returns the summary also written to ``predictions.json``.
 
@@ -289,14 +324,14 @@ def run_inference(model: Reconstructor, inputs: list[Path | Frame], out_dir: str
                      "units": units_of(family), "images": []}
     if not views:
         for path in tqdm(inputs, desc="infer", unit="img", disable=not progress):
-            image = prepare_image(path, long_side, multiple)
+            image = prepare_image(path, long_side, multiple, mode=preprocess)
             pred = predict_mono(model, image, device)
             scene = scene_from_mono(pred, image.rgb, path.name, conf_threshold, conf_percentile)
             stats = write_view_outputs(out_dir, path.stem, pred.depth[0], pred.conf[0], pred.pts3d[0], image.rgb,
                                        scene.conf_cut, save_npy)
             summary["images"].append(_image_entry(image, stats))
     else:
-        images = prepare_image_set(inputs, long_side, multiple)
+        images = prepare_image_set(inputs, long_side, multiple, mode=preprocess)
         pred = predict_views(model, images, device, align=align, progress=progress)
         if "align" in pred.extras:
             summary["align"] = pred.extras["align"]
@@ -316,10 +351,14 @@ def units_of(family: str) -> str:
     return "the model's own: a scale common to the views, arbitrary overall"
 
 
-def prepare_image_set(inputs: list[Path | Frame], long_side: int, multiple: int) -> list[PreparedImage]:
+def prepare_image_set(inputs: list[Path | Frame], long_side: int, multiple: int,
+                      mode: str = "default") -> list[PreparedImage]:
     """Prepare images for one multi-view set: the first sets the size, the others are resized to
-    cover it and centre-cropped (each crop recorded in its :class:`PreparedImage`)."""
-    first = prepare_image(inputs[0], long_side, multiple)
+    cover it and centre-cropped (each crop recorded in its :class:`PreparedImage`); ``pad`` and
+    ``square`` give every image ``S x S`` the same way."""
+    first = prepare_image(inputs[0], long_side, multiple, mode=mode)
+    if mode in ("pad", "square"):
+        return [first] + [prepare_image(p, long_side, multiple, mode=mode) for p in inputs[1:]]
     return [first] + [prepare_image(p, long_side, multiple, size=tuple(first.img.shape[-2:])) for p in inputs[1:]]
 
 

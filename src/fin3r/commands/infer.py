@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="infer_out", help="output folder (default: %(default)s)")
     parser.add_argument("--size", type=int, default=None, help="long side in pixels (default: the model's)")
     parser.add_argument("--views", action="store_true", help="predict all images as one multi-view set")
+    parser.add_argument("--preprocess", default="default", choices=("default", "crop", "pad", "square"),
+                        help="default: long side --size, sides cropped to patch multiples; crop / pad: VGGT's modes "
+                             "(width --size, height cropped to it / long side --size, padded white to a square); "
+                             "square: DUSt3R's 224 mode (short side --size, centre square)")
     parser.add_argument("--graph", default="complete",
                         help="DUSt3R/MASt3R --views: pair graph complete | swin-K | logwin-K | oneref-R "
                              "(-noncyclic variants) (default: %(default)s)")
@@ -129,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
                             conf_threshold=args.conf_threshold, conf_percentile=args.conf_percentile,
                             save_npy=args.npy, device=args.device, progress=not args.no_progress,
                             model_name=str(args.model), colmap_points=args.colmap_points,
-                            camera_model=args.camera_model, align=align)
+                            camera_model=args.camera_model, align=align,
+                            preprocess=args.preprocess)
     print(f"wrote {len(summary['images'])} prediction(s) to {args.out}")
     if isinstance(summary.get("colmap"), dict):
         print(f"COLMAP model: {summary['colmap']['folder']} ({summary['colmap']['points']} points)")
