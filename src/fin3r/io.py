@@ -10,14 +10,25 @@ Writes: a run killed mid-write never leaves a half-written file behind.
 Every checkpoint, adapter, export, label and result file of fin3r is written through
 :func:`atomic_write`: the content goes to a temporary file in the destination's folder, which then
 replaces the destination in one ``os.replace`` (atomic on POSIX and Windows within a filesystem).
+
+Temporary files are named ``.<name>.<host>.<pid>.<random>.fin3r-tmp``. A run killed by ``kill -9``
+cannot remove its own; :func:`sweep_temp_files` removes the abandoned ones (their process is gone,
+or they are older than an hour) at the start of the next run on the same output folder.
+
+Every JSON file fin3r writes goes through :func:`write_json_atomic`: strict JSON
+(``allow_nan=False``); a non-finite number is written as ``null`` with the reason beside it.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import pickle
+import socket
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +36,10 @@ from typing import Any, Callable
 import torch
 from safetensors import safe_open
 
-from fin3r.errors import CheckpointError
+from fin3r.errors import CheckpointError, InputError
+
+#: the suffix of every temporary file fin3r writes (what :func:`sweep_temp_files` looks for)
+TEMP_SUFFIX = ".fin3r-tmp"
 
 
 def safe_torch_load(path: str | os.PathLike, allowed_globals: Iterable[Any] = (), mmap: bool = False,
@@ -84,7 +98,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
@@ -99,6 +113,119 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _owner() -> str:
+    """``<host>.<pid>`` of this process, as temp-file names carry it (dots in the host name -> '-')."""
+    return f"{socket.gethostname().replace('.', '-') or 'host'}.{os.getpid()}"
+
+
+def _abandoned(name: str, max_age_s: float, mtime: float, now: float) -> bool:
+    """Whether the temp file ``name`` belongs to no running writer: its process (same host) is
+    gone, or the file is older than ``max_age_s`` (any host, any name)."""
+    if now - mtime > max_age_s:
+        return True
+    parts = name[: -len(TEMP_SUFFIX)].split(".")
+    if len(parts) < 4:  # not a name this module made: only age decides
+        return False
+    host, pid = parts[-3], parts[-2]
+    if host != (socket.gethostname().replace(".", "-") or "host") or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):
+        return False
+    return False
+
+
+def sweep_temp_files(folder: str | os.PathLike, max_age_s: float = 3600.0) -> list[Path]:
+    """Remove abandoned fin3r temp files (``*.fin3r-tmp``) under ``folder`` (recursively, not
+    following links); returns the removed paths. Temp files of writers still running (same host,
+    live process, younger than ``max_age_s``) are left alone, so shards sharing an output folder
+    can start at any time. Nothing else is touched."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    stack = [str(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.name.endswith(TEMP_SUFFIX) and e.is_file(follow_symlinks=False):
+                    if _abandoned(e.name, max_age_s, e.stat(follow_symlinks=False).st_mtime, now):
+                        os.unlink(e.path)
+                        removed.append(Path(e.path))
+            except OSError:
+                continue
+    return removed
+
+
+def json_ready(value: Any, _key: str | None = None) -> Any:
+    """A copy of ``value`` that strict JSON accepts: every non-finite float becomes ``None``; in
+    a dict, ``"<key>_null_reason"`` says why (unless the dict already explains it under that
+    name). Tuples become lists; other values are returned as they are."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        out: dict = {}
+        for k, v in value.items():
+            out[k] = json_ready(v, k)
+            reason_key = f"{k}_null_reason"
+            if isinstance(v, float) and not math.isfinite(v) and reason_key not in value:
+                out[reason_key] = f"not a finite number ({v})"
+        return out
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def json_text(value: Any, indent: int | None = 1, **kwargs: Any) -> str:
+    """Strict JSON text of ``value`` (see :func:`json_ready`; ``allow_nan=False``)."""
+    return json.dumps(json_ready(value), indent=indent, allow_nan=False, **kwargs)
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any, indent: int | None = 1, **kwargs: Any) -> Path:
+    """Write ``value`` as strict JSON (:func:`json_text`) to ``path`` atomically."""
+    return write_text_atomic(path, json_text(value, indent=indent, **kwargs))
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as an output folder: refused (:class:`~fin3r.errors.InputError`, one line) when it
+    or one of its parents is an existing file. Does not create it."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise InputError(f"{what} {path}: {p} is an existing file, not a folder")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as an output file: refused when it is an existing folder or a parent is a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path}: is an existing folder, expected a file name")
+    for p in path.parents:
+        if p.exists() and not p.is_dir():
+            raise InputError(f"{what} {path}: {p} is an existing file, not a folder")
+    return path
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Whether ``path`` stays inside the folder ``root`` once both are resolved (``..`` and
+    symbolic links followed)."""
+    root_r, path_r = os.path.realpath(root), os.path.realpath(path)
+    return os.path.commonpath([root_r, path_r]) == root_r
 
 
 def _umask() -> int:

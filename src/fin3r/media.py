@@ -28,14 +28,38 @@ def exif_orientation(im) -> int:
     return value if 1 <= value <= 8 else 1
 
 
+#: PIL modes holding 8 bits per channel, which ``convert("RGB")`` maps without loss of range
+_EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def to_rgb8(im, name: str = "image") -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of a loaded PIL image. 8-bit modes convert as PIL does (alpha
+    dropped, palettes expanded); 16-bit greyscale (``I;16*``, and ``I`` holding values in
+    [0, 65535], which is how PNG's 16-bit greyscale opens) is scaled by 255/65535 -- never
+    clipped; anything else (float images, signed 32-bit ranges) raises :class:`InputError`
+    naming ``name`` and the mode."""
+    mode = im.mode
+    if mode in _EIGHT_BIT_MODES:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputError(f"{name}: 32-bit integer image with values outside [0, 65535] (mode {mode}): "
+                             "convert it to 8 or 16 bits")
+        grey = np.rint(values / 257.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    raise InputError(f"{name}: unsupported pixel format (PIL mode {mode!r}): save it as 8- or 16-bit RGB/greyscale")
+
+
 def open_rgb(source: str | Path | bytes, min_hw: tuple[int, int] | None = None
              ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """Decode an image: ``(rgb (H, W, 3) uint8 upright, full (H, W) upright, stored (H, W))``.
 
     The EXIF orientation is applied (``stored`` is the size of the pixels as stored in the file,
     ``full`` the size once upright). With ``min_hw`` (upright), JPEGs are decoded at the smallest of
-    1/1, 1/2, 1/4, 1/8 scale that still covers it (PIL draft mode). PIL's errors propagate (callers
-    name the file).
+    1/1, 1/2, 1/4, 1/8 scale that still covers it (PIL draft mode). Pixels go through
+    :func:`to_rgb8` (16-bit greyscale scaled, not clipped; float images refused with
+    :class:`InputError`). PIL's errors propagate (callers name the file).
     """
     from PIL import Image, ImageOps
 
@@ -48,7 +72,7 @@ def open_rgb(source: str | Path | bytes, min_hw: tuple[int, int] | None = None
             im.draft("RGB", (int(w), int(h)))
         im.load()
         im = ImageOps.exif_transpose(im)
-        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        rgb = to_rgb8(im, "image" if isinstance(source, (bytes, bytearray)) else str(source)).copy()
     return rgb, full, stored
 
 
@@ -126,5 +150,5 @@ def read_video_frames(path: str | Path, fps: float | None = None, max_frames: in
     return frames
 
 
-__all__ = ["EXIF_ORIENTATION", "VIDEO_SUFFIXES", "exif_orientation", "open_rgb", "Frame", "is_video", "frame_slot",
+__all__ = ["EXIF_ORIENTATION", "VIDEO_SUFFIXES", "exif_orientation", "open_rgb", "to_rgb8", "Frame", "is_video", "frame_slot",
            "read_video_frames"]

@@ -72,6 +72,8 @@ def _shard_and_device(shard: tuple[int, int] | None, device: str) -> tuple[int, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fin3r.commands.arguments import device_name, nonneg_int, positive_int
+
     parser.add_argument("--teacher", required=True,
                         help="moge:<model.pt>[#opts] | da3:<folder>[#opts] | hf:<folder>[#kind=..,size=HxW] | depthpro:<folder> | "
                              "ensemble:<spec>,<spec>,... | oracle[:opts] (docs/data.md)")
@@ -83,128 +85,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label only shard i of n (default 0/1; under torchrun: RANK/WORLD_SIZE)")
     parser.add_argument("--format", choices=("png", "npy"), default="png",
                         help="png: 16-bit log-encoded (default, ~1e-4 relative precision); npy: float16")
-    parser.add_argument("--max-size", type=int, default=1024,
+    parser.add_argument("--max-size", type=nonneg_int, default=1024,
                         help="images are shrunk so their long side is at most this before labelling; labels are "
-                             "stored at that working resolution (default 1024; 0 = never resize)")
-    parser.add_argument("--batch-size", type=int, default=1,
+                             "stored at that working resolution (default 1024; 0 = never resize; else >= --min-size)")
+    parser.add_argument("--min-size", type=positive_int, default=MIN_IMAGE_SIDE,
+                        help="images whose short side is below this many pixels are skipped and reported "
+                             "(default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=1,
                         help="images per teacher call; images are grouped by size (up to 8 sizes pending at once)")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device of the teacher (cpu, cuda, cuda:1, ...; under torchrun 'cuda' = cuda:LOCAL_RANK)")
+    parser.add_argument("--device", type=device_name, default="cpu",
+                        help="torch device of the teacher (cpu, cuda, cuda:1, mps; must exist on this machine; under "
+                             "torchrun 'cuda' = cuda:LOCAL_RANK)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                         help="teacher inference precision (default: the teacher's own; MoGe: fp16 on CUDA, else fp32); "
                              "labels are stored the same way whatever it is")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first bad image, member or shard instead of skipping it")
+
+
+#: the default --min-size: smaller images are skipped (a 1x1 picture carries no geometry to distil)
+MIN_IMAGE_SIDE = 16
 
 
 def run(args: argparse.Namespace) -> int:
-    import io
-    import json
     import sys
     import time
     from pathlib import Path
 
-    import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
-    from fin3r.data.labels import label_done, write_label
-    from fin3r.data.sa1b import IMAGE_EXTENSIONS, BadImage, ImageReader, list_images
-    from fin3r.errors import Fin3rError, InputError
+    from fin3r.commands.arguments import check_device
+    from fin3r.data.label_job import LabelJob
+    from fin3r.data.labels import label_done
+    from fin3r.data.sa1b import IMAGE_EXTENSIONS, ImageReader, scan_images
+    from fin3r.errors import InputError
+    from fin3r.io import check_output_dir, sweep_temp_files, write_json_atomic
     from fin3r.teachers import load_teacher
 
     i, n, device = _shard_and_device(args.shard, args.device)
-    out = Path(args.out)
-    all_refs = list_images(args.images)
-    if not all_refs:
+    if args.max_size and args.max_size < args.min_size:
+        raise InputError(f"--max-size {args.max_size}: must be 0 (never resize) or >= --min-size {args.min_size}")
+    out = check_output_dir(args.out)
+    check_device(device, "--device")
+    swept = sweep_temp_files(out)
+    refs, left_out = scan_images(args.images)
+    if left_out and args.strict:
+        raise InputError(f"bad input (--strict): {left_out[0]['image']}: {left_out[0]['error']}")
+    if not refs and not left_out:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}, also inside .tar shards) in "
                          f"{' '.join(map(str, args.images))}")
+    refs = refs[i::n]
+    left_out = [dict(entry, kind="listing") for entry in left_out[i::n]]  # each shard reports its share
     teacher = load_teacher(args.teacher, device=device)
     if args.precision:
         teacher.set_precision(args.precision)
-    refs = all_refs[i::n]
     todo = [r for r in refs if not label_done(out, r.key)]
     done_before = len(refs) - len(todo)
-    reader = ImageReader()
-    bad: list[dict[str, str]] = []
-    labelled = 0
+    job = LabelJob(teacher, out, fmt=args.format, max_size=args.max_size, min_size=args.min_size,
+                   batch_size=args.batch_size, strict=args.strict, shard=f"{i}/{n}")
     t0 = time.time()
-
-    def fail(ref, err):
-        if args.strict:
-            raise Fin3rError(f"bad input (--strict): {err}")
-        bad.append({"image": ref.describe(), "error": str(err)})
-
-    def flush(batch):
-        nonlocal labelled
-        if not batch:
-            return
-        imgs = torch.stack([b[1] for b in batch])
-        kwargs = {}
-        if teacher.needs_ground_truth:
-            kwargs["keys"] = [b[2] for b in batch]
-        try:
-            pred = teacher.predict(imgs, **kwargs)
-        except InputError as e:
-            for ref, *_ in batch:
-                fail(ref, f"{ref.describe()}: {e}")
-            return
-        for b, (ref, _, _, orig_hw) in enumerate(batch):
-            meta = dict(teacher.metadata())
-            meta.update(image=ref.describe(), image_size=list(orig_hw), source_shard=f"{i}/{n}")
-            if "intrinsics" in pred.extras:
-                meta["intrinsics"] = pred.extras["intrinsics"][b].tolist()
-            channels = {k: pred.extras[k][b] for k in ("normals", "confidence") if k in pred.extras}
-            write_label(out, ref.key, pred.depth[b], pred.mask[b], meta, fmt=args.format, **channels)
-            labelled += 1
-
-    pending: dict[tuple[int, ...], list] = {}  # same-size images waiting for a batch
     print(f"fin3r label: teacher {teacher.name} ({teacher.depth_kind}), shard {i}/{n}: {len(refs)} images, "
-          f"{done_before} already labelled, {len(todo)} to do -> {out}", file=sys.stderr)
-    for ref in tqdm(todo, desc=f"label {i}/{n}", unit="img", dynamic_ncols=True):
-        try:
-            arr = reader.read(ref)
-        except BadImage as e:
-            fail(ref, e)
-            continue
-        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
-        H, W = x.shape[-2:]
-        key = None
-        if teacher.needs_ground_truth:
-            from PIL import Image
-
-            from fin3r.data.world import WORLD_KEY_PNG_CHUNK
-
-            with Image.open(io.BytesIO(reader.read_bytes(ref))) as im:
-                key = getattr(im, "text", {}).get(WORLD_KEY_PNG_CHUNK)
-            if key is None:
-                fail(ref, f"{ref.describe()}: the oracle teacher labels only images exported from the synthetic "
-                          "world (PNG with a fin3r_world_key chunk)")
-                continue
-        elif args.max_size and max(H, W) > args.max_size:
-            s = args.max_size / max(H, W)
-            x = F.interpolate(x[None], size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
-                              align_corners=False, antialias=True)[0].clamp(0, 1)
-        bucket = pending.setdefault(tuple(x.shape), [])
-        bucket.append((ref, x, key, (H, W)))
-        if len(bucket) >= max(1, args.batch_size):
-            flush(pending.pop(tuple(x.shape)))
-        elif len(pending) > 8:  # many sizes: flush the fullest group
-            flush(pending.pop(max(pending, key=lambda k: len(pending[k]))))
-    for group in pending.values():
-        flush(group)
-    reader.close()
-
-    report = {"teacher": teacher.metadata(), "shard": f"{i}/{n}", "images": len(refs), "labelled": labelled,
-              "already_labelled": done_before, "bad": bad, "seconds": round(time.time() - t0, 1)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"label_report_{i}of{n}.json").write_text(json.dumps(report, indent=1, default=str))
-    print(f"fin3r label: {labelled} labelled, {done_before} skipped (already labelled), {len(bad)} bad "
+          f"{done_before} already labelled, {len(todo)} to do -> {out}"
+          + (f" ({len(swept)} abandoned temp files removed)" if swept else ""), file=sys.stderr)
+    reader = ImageReader()
+    try:
+        for ref in tqdm(todo, desc=f"label {i}/{n}", unit="img", dynamic_ncols=True):
+            job.add(reader, ref)
+        job.flush()
+    finally:
+        reader.close()
+    bad = left_out + job.bad
+    report = {"teacher": teacher.metadata(), "shard": f"{i}/{n}", "images": len(refs), "labelled": job.labelled,
+              "already_labelled": done_before, "bad": bad, "skipped_counts": job.counts(left_out),
+              "temp_files_removed": len(swept), "seconds": round(time.time() - t0, 1)}
+    report_path = out / f"label_report_{i}of{n}.json"
+    write_json_atomic(report_path, report, default=str)
+    print(f"fin3r label: {job.labelled} labelled, {done_before} skipped (already labelled), {len(bad)} bad "
           f"in {report['seconds']} s", file=sys.stderr)
     for b in bad[:20]:
-        print(f"  bad: {b['error']}", file=sys.stderr)
+        print(f"  bad: {b['image']}: {b['error']}", file=sys.stderr)
     if len(bad) > 20:
-        print(f"  ... and {len(bad) - 20} more (see {out / f'label_report_{i}of{n}.json'})", file=sys.stderr)
-    if todo and labelled + done_before == 0:  # every image of this shard failed
+        print(f"  ... and {len(bad) - 20} more (see {report_path})", file=sys.stderr)
+    if todo and job.labelled + done_before == 0:  # every image of this shard failed
         print(f"fin3r label: error: none of the {len(todo)} images could be labelled", file=sys.stderr)
         return 1
     return 0

@@ -50,9 +50,15 @@ def _png_bytes(codes: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def write_label_channels(mask_path: Path, mask: np.ndarray, normals: Any = None, confidence: Any = None) -> dict[str, str]:
+def write_label_channels(mask_path: Path, mask: np.ndarray, normals: Any = None, confidence: Any = None,
+                         hashes: dict[str, str] | None = None) -> dict[str, str]:
     """Write the given optional channels of one entry (``normals (H, W, 3)``, ``confidence
-    (H, W)``) beside ``mask_path``; returns the sidecar fields naming the files written."""
+    (H, W)``) beside ``mask_path``; returns the sidecar fields naming the files written.
+    ``hashes``: filled with ``{"normal"|"conf": SHA-256 of the bytes written}`` (the sidecar
+    carries them, so a reader can tell a mixed entry)."""
+    import hashlib
+
+    hashes = {} if hashes is None else hashes
     fields: dict[str, str] = {}
     h, w = mask.shape
     if normals is not None:
@@ -65,6 +71,7 @@ def write_label_channels(mask_path: Path, mask: np.ndarray, normals: Any = None,
         data = _png_bytes(np.ascontiguousarray(codes[..., ::-1]))  # OpenCV writes BGR
         atomic_write(path, lambda t: Path(t).write_bytes(data))
         fields["normal_file"] = path.name
+        hashes["normal"] = hashlib.sha256(data).hexdigest()
     if confidence is not None:
         c = _as_numpy(confidence)
         if c.shape != (h, w):
@@ -74,6 +81,7 @@ def write_label_channels(mask_path: Path, mask: np.ndarray, normals: Any = None,
         data = _png_bytes(np.rint(c * 65535).astype(np.uint16))
         atomic_write(path, lambda t: Path(t).write_bytes(data))
         fields["conf_file"] = path.name
+        hashes["conf"] = hashlib.sha256(data).hexdigest()
     return fields
 
 

@@ -855,9 +855,45 @@ def world_key(scene_seed: int, cam2world: Tensor, K: Tensor, height: int, width:
     }, separators=(",", ":"))
 
 
+#: the largest image side a world key may ask for (a guard against absurd allocations)
+MAX_WORLD_KEY_SIDE = 4096
+
+
+def parse_world_key(key: str) -> dict:
+    """A ``world_key`` checked field by field: ``scene_seed`` a non-negative integer, ``cam2world``
+    12 and ``K`` 6 finite numbers (positive focal lengths), ``height``/``width`` integers in
+    [1, 4096]. Raises :class:`fin3r.errors.InputError` saying what is wrong (the key comes from a
+    PNG text chunk: untrusted)."""
+    from fin3r.errors import InputError
+
+    def numbers(v, n):
+        return (isinstance(v, list) and len(v) == n and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+
+    try:
+        k = json.loads(key) if isinstance(key, str) and len(key) < 4096 else None
+    except ValueError as e:
+        raise InputError(f"world key is not JSON ({e})") from None
+    if not isinstance(k, dict):
+        raise InputError(f"world key must be a JSON object of at most 4096 characters, got {str(key)[:60]!r}")
+    seed = k.get("scene_seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+        raise InputError(f"world key: scene_seed must be an integer in [0, 2**62), got {seed!r}")
+    if not numbers(k.get("cam2world"), 12):
+        raise InputError("world key: cam2world must be 12 finite numbers")
+    if not numbers(k.get("K"), 6) or k["K"][0] <= 0 or k["K"][4] <= 0:
+        raise InputError("world key: K must be 6 finite numbers with positive focal lengths")
+    for name in ("height", "width"):
+        v = k.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WORLD_KEY_SIDE:
+            raise InputError(f"world key: {name} must be an integer in [1, {MAX_WORLD_KEY_SIDE}], got {v!r}")
+    return k
+
+
 def render_from_key(key: str, shadows: bool = True) -> dict[str, Tensor]:
-    """Re-render the view a ``world_key`` names (same output as ``render_view``)."""
-    k = json.loads(key)
+    """Re-render the view a ``world_key`` names (same output as ``render_view``); a malformed key
+    raises :class:`fin3r.errors.InputError` (:func:`parse_world_key`)."""
+    k = parse_world_key(key)
     T = torch.eye(4)
     T[:3] = torch.tensor(k["cam2world"], dtype=torch.float32).reshape(3, 4)
     K = torch.eye(3)

@@ -79,6 +79,9 @@ class DataConfig:
     each source per epoch (the paper: 20k SA-1B mono + 2k Hypersim/TartanAir replay).
     ``allow_no_replay``: training without any replay (naive LoRA, which forgets multi-view
     geometry) is refused unless this is true.
+    Bad entries (corrupt image or label, a sidecar of the wrong shape) are skipped and counted per
+    epoch (the epoch record's ``bad_samples``); training stops once more than ``max_bad_fraction``
+    of an epoch's entries are bad. ``strict``: stop at the first bad entry instead.
     """
 
     mono: Literal["world", "labels"] = "world"
@@ -99,6 +102,8 @@ class DataConfig:
     num_workers: int = 0
     heldout_images: int = 8  # fixed held-out images for the per-epoch feature-norm signal
     allow_no_replay: bool = False
+    max_bad_fraction: float = 0.05
+    strict: bool = False
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
+from fin3r.data.skips import skipped_of
 from fin3r.errors import Fin3rError
 from fin3r.train.config import TrainConfig
 from fin3r.train.distributed import DistContext, gather_to_all, min_across_ranks
@@ -46,7 +47,7 @@ def build_datasets(config: TrainConfig) -> dict[str, Any]:
         if not d.images_root or not d.labels_root:
             raise Fin3rError("data.mono=labels needs data.images_root and data.labels_root")
         mono = LabelledImages(d.images_root, d.labels_root, d.height, d.width, crop=d.mono_crop,
-                              max_zoom=d.mono_max_zoom, seed=config.seed)
+                              max_zoom=d.mono_max_zoom, seed=config.seed, strict=d.strict)
         out["mono"] = mono
         n = min(d.heldout_images, len(mono))
         out["heldout"] = torch.stack([mono[len(mono) - 1 - i]["img"] for i in range(n)]) if n else None
@@ -101,6 +102,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in BATCH_KEYS if k in samples[0]}
     batch["depth_kind"] = [s.get("depth_kind", "metric") for s in samples]
     batch["source"] = [s.get("source", "") for s in samples]
+    batch["skipped"] = skipped_of(samples)  # bad entries the data set passed over (SkipLedger)
     return batch
 
 

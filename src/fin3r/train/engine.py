@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from fin3r.config import save_config, to_dict
+from fin3r.data.skips import SkipLedger
 from fin3r.diagnose import encoder_feature_norms
 from fin3r.errors import Fin3rError
 from fin3r.lora import save_adapter
@@ -186,12 +187,14 @@ def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datas
     eval_dtype = amp_dtype if config.frozen_weights == "bf16" else None  # bf16-stored weights need autocast
     report = _Reporter(config, ctx, metrics, hooks, device, eval_dtype, total_steps=schedule.total_steps,
                        initial=state.step)
+    bad_samples = SkipLedger(config.data.max_bad_fraction)  # skipped data entries, per epoch
     # --- epochs ---------------------------------------------------------------------------------
     while state.epoch < config.optim.epochs and state.step < schedule.total_steps:
         plan = epoch_plan(sampler, state.epoch, ctx)
         set_data_epoch(datasets, state.epoch)
         epoch_losses: dict[str, list[float]] = {}
-        batches = load_batches(datasets, plan[state.batch_in_epoch:], config.data.num_workers)
+        batches = bad_samples.watch(load_batches(datasets, plan[state.batch_in_epoch:], config.data.num_workers),
+                                    state.epoch)
         for window in accumulation_windows(batches, schedule.accum):
             step = optimizer_step(loss_module, window, params=params, optimizer=optimizer, scheduler=scheduler,
                                   scaler=scaler, grad_clip=config.optim.grad_clip, device=device,
@@ -210,7 +213,7 @@ def _train(config: TrainConfig, ctx: DistContext, model: nn.Module | None, datas
             if state.step >= schedule.total_steps:
                 break
         finished = state.batch_in_epoch >= len(plan)  # else: stopped by max_steps inside the epoch
-        report.epoch_end(state, base, heldout, epoch_losses)
+        report.epoch_end(state, base, heldout, epoch_losses, bad_samples.end_epoch(state.epoch))
         if finished:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         checkpoint()
@@ -289,13 +292,15 @@ class _Reporter:
             self.hooks.on_step(state.step, record)
 
     def epoch_end(self, state: TrainState, model: nn.Module, heldout: torch.Tensor | None,
-                  losses: dict[str, list[float]]) -> None:
-        """The epoch record (mean loss per source, feature norms, hook metrics), logged and kept in
-        ``state.history``; the epoch's adapter snapshot."""
+                  losses: dict[str, list[float]], data_figures: dict[str, Any] | None = None) -> None:
+        """The epoch record (mean loss per source, ``data_figures`` such as the bad-sample counts,
+        feature norms, hook metrics), logged and kept in ``state.history``; the epoch's adapter
+        snapshot."""
         if not self.ctx.main:
             return
         record: dict[str, Any] = {"kind": "epoch", "epoch": state.epoch, "step": state.step, "skipped": state.skipped}
         record.update({f"loss_{s}": sum(v) / len(v) for s, v in losses.items()})
+        record.update(data_figures or {})
         model.eval()
         with autocast(self.device, self.eval_dtype):
             if heldout is not None:
