@@ -3,6 +3,11 @@
 Every command module exposes ``HELP`` (one line), ``DESCRIPTION`` (the ``--help`` text),
 ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import heavy dependencies
 (torch, models) inside ``run`` so that ``fin3r --help`` stays fast.
+
+Errors end in one line on stderr and a non-zero exit code, never a traceback: ``fin3r X: error:
+...`` (exit 2) for bad input -- a :class:`fin3r.errors.Fin3rError`, which names the file, key or
+option and what is allowed -- and ``fin3r X: unexpected error: ...`` (exit 1) for anything else.
+``--debug`` (before or after the command name) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"fin3r.commands.{name}")
@@ -37,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
         p.set_defaults(_module=module)
     return parser
 
@@ -56,13 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # clear one-line errors for expected failures
+    except Exception as e:  # one line, never a traceback (unless --debug)
         from fin3r.errors import Fin3rError
 
-        if isinstance(e, Fin3rError) and not args.verbose:
-            print(f"fin3r {args.command}: error: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        if isinstance(e, Fin3rError):
+            print(f"fin3r {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
             return 2
-        raise
+        if isinstance(e, (OSError, MemoryError, RecursionError)):  # disk full, permissions, exhausted
+            print(f"fin3r {args.command}: error: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
+            return 1
+        print(f"fin3r {args.command}: unexpected error: {type(e).__name__}: {_one_line(str(e))} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """``text`` on one line, at most ``limit`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

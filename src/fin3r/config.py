@@ -10,11 +10,16 @@ machinery they share:
   ``mode=null``).
 - ``to_dict`` / ``save_config`` write a config back (the training engine stores it beside every
   checkpoint, so a run can be reproduced).
+- ``bounded(default, ge=.., gt=.., le=.., lt=.., device=..)`` declares a field's allowed range next
+  to its type in the dataclass; ``from_dict`` checks it. Every float must be finite unless the
+  field says ``finite=False``. A value outside is a :class:`ConfigError` of one line naming the
+  dotted key, the value and what is allowed (``optim.lr=-1.0: not allowed (must be > 0)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,6 +35,45 @@ T = TypeVar("T")
 
 class ConfigError(Fin3rError, ValueError):
     """A config file or override that does not fit its dataclass."""
+
+
+def bounded(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, finite: bool = True, device: bool = False,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose value :func:`from_dict` checks: ``ge``/``gt``/``le``/``lt`` bounds
+    (numbers, or every item of a list/tuple of numbers), ``finite`` floats, ``device`` a torch
+    device name (``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``)."""
+    rules = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    rules.update(finite=finite, device=device)
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"rules": rules})
+    return dataclasses.field(default=default, metadata={"rules": rules})
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
+
+
+def _check_rules(value: Any, rules: dict, key: str) -> None:
+    """Raise :class:`ConfigError` when ``value`` breaks the ``rules`` of :func:`bounded`."""
+    if rules.get("device") and value is not None:
+        from fin3r.devices import check_device_name
+        from fin3r.errors import InputError
+
+        try:
+            check_device_name(value, key, allow_auto=True)
+        except InputError as e:
+            raise ConfigError(str(e)) from None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if rules.get("finite", True) and not math.isfinite(v):
+            raise ConfigError(f"{key}={value!r}: not allowed (must be a finite number)")
+        broken = [f"{_BOUND_TEXT[k]} {b:g}" for k, b in rules.items() if k in _BOUND_OK and not _BOUND_OK[k](v, b)]
+        if broken:
+            allowed = " and ".join(f"{_BOUND_TEXT[k]} {b:g}" for k, b in rules.items() if k in _BOUND_OK)
+            raise ConfigError(f"{key}={value!r}: not allowed (must be {allowed})")
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -87,6 +131,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: not allowed (must be a finite number)")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -117,6 +163,10 @@ def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             f"(known: {', '.join(sorted(fields))})"
         )
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
+    for k, v in kwargs.items():
+        rules = fields[k].metadata.get("rules")
+        if rules:
+            _check_rules(v, rules, prefix + k)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field left out
@@ -190,12 +240,27 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(_yaml_error(path, e)) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read ({e})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded or {}
     base = to_dict(from_dict(cls, data))  # validates the file and fills defaults
     return from_dict(cls, apply_overrides(base, overrides or []))
+
+
+def _yaml_error(path: Path, error: Exception) -> str:
+    """One line for a YAML syntax error: file, line, column, the problem (tabs named as such)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if "'\\t'" in str(error) or "\t" in problem:
+        problem = "a tab character (YAML indents with spaces only)"
+    return f"{where}: YAML syntax error: {problem}"
 
 
 def save_config(config: Any, path: str | Path) -> None:

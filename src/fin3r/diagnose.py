@@ -14,7 +14,6 @@ Fin3R reports the mean L2 norm of the encoder tokens the frozen decoder consumes
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from fin3r.errors import InputError
+from fin3r.io import write_json_atomic
 from fin3r.media import open_rgb
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def diagnose(
         if series:
             backends.append(_histogram_png(series, out_dir / f"feature_norms_{place}.png", f"encoder token norms, {label}"))
     report["plot_backend"] = backends[0] if backends else None
-    (out_dir / "feature_norms.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out_dir / "feature_norms.json", report, indent=2)
     return report
 
 

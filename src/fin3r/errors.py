@@ -1,4 +1,4 @@
-"""Exceptions the CLI reports as one clear line (run with -v for the traceback)."""
+"""Exceptions the CLI reports as one clear line (run with --debug for the traceback)."""
 
 
 class Fin3rError(Exception):

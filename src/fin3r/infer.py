@@ -24,7 +24,6 @@ graph, point-cloud optimiser), which gives them per-view depth, cameras and foca
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ from torch import Tensor
 from fin3r.align import AlignConfig, align_views, is_pairwise
 from fin3r.colormap import colorize
 from fin3r.errors import InputError
+from fin3r.io import write_json_atomic
 from fin3r.media import Frame, is_video, open_rgb, read_video_frames
 from fin3r.models.base import MonoPrediction, Reconstructor, ViewsPrediction
 from fin3r.outputs.ply import read_ply, write_ply
@@ -279,8 +279,8 @@ def write_cameras(out_dir: Path, pred: ViewsPrediction, names: Iterable[str]) ->
             cam["K"] = pred.intrinsics[0, i].float().cpu().tolist()
         cameras.append(cam)
     path = out_dir / "cameras.json"
-    path.write_text(json.dumps({"convention": "OpenCV; cam2world: camera -> world = view 0's camera; K in pixels",
-                                "size": list(pred.pts3d.shape[2:4]), "cameras": cameras}, indent=2))
+    write_json_atomic(path, {"convention": "OpenCV; cam2world: camera -> world = view 0's camera; K in pixels",
+                             "size": list(pred.pts3d.shape[2:4]), "cameras": cameras}, indent=2)
     return path
 
 
@@ -337,7 +337,7 @@ def run_inference(model: Reconstructor, inputs: list[Path | Frame], out_dir: str
             summary["align"] = pred.extras["align"]
         summary.update(write_scene_outputs(out_dir, pred, images, conf_threshold, conf_percentile, save_npy,
                                            colmap_points, camera_model, summary["units"], progress))
-    (out_dir / "predictions.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    write_json_atomic(out_dir / "predictions.json", summary, indent=2, default=_json_default)
     return summary
 
 

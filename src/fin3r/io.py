@@ -174,7 +174,10 @@ def sweep_temp_files(folder: str | os.PathLike, max_age_s: float = 3600.0) -> li
 def json_ready(value: Any, _key: str | None = None) -> Any:
     """A copy of ``value`` that strict JSON accepts: every non-finite float becomes ``None``; in
     a dict, ``"<key>_null_reason"`` says why (unless the dict already explains it under that
-    name). Tuples become lists; other values are returned as they are."""
+    name). Tuples become lists; zero-dimensional numpy/torch values become Python numbers; other
+    values are returned as they are."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -182,12 +185,52 @@ def json_ready(value: Any, _key: str | None = None) -> Any:
         for k, v in value.items():
             out[k] = json_ready(v, k)
             reason_key = f"{k}_null_reason"
-            if isinstance(v, float) and not math.isfinite(v) and reason_key not in value:
+            if reason_key in value:
+                continue
+            if out[k] is None and v is not None:
                 out[reason_key] = f"not a finite number ({v})"
+            elif isinstance(v, (list, tuple)) and _has_nonfinite(v):
+                out[reason_key] = "non-finite entries written as null"
         return out
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+def _has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_has_nonfinite(v) for v in value)
+    return False
+
+
+def json_restore(value: Any) -> Any:
+    """The inverse of :func:`json_ready` for what it can invert: in every dict, a ``None`` whose
+    ``"<key>_null_reason"`` sibling exists becomes ``nan`` again and the reason is dropped (so
+    code that averages figures read back keeps NaN semantics)."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, str) and k.endswith("_null_reason") and value.get(k[: -len("_null_reason")], 0) is None:
+                continue
+            reason = f"{k}_null_reason" in value
+            out[k] = float("nan") if v is None and reason else _nan_lists(v) if reason else json_restore(v)
+        return out
+    if isinstance(value, list):
+        return [json_restore(v) for v in value]
+    return value
+
+
+def _nan_lists(value: Any) -> Any:
+    if value is None:
+        return float("nan")
+    return [_nan_lists(v) for v in value] if isinstance(value, list) else json_restore(value)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file written by :func:`write_json_atomic` (nulls with a reason back to NaN)."""
+    return json_restore(json.loads(Path(path).read_text()))
 
 
 def json_text(value: Any, indent: int | None = 1, **kwargs: Any) -> str:

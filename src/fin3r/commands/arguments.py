@@ -70,3 +70,19 @@ def check_device(name: str, what: str = "--device") -> str:
     from fin3r.devices import check_device as check
 
     return check(name, what)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number > 0")
+    return value
+
+
+def percentage(text: str) -> float:
+    """A finite number in [0, 100]."""
+    value = nonneg_float(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a number in [0, 100]")
+    return value

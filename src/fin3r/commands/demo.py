@@ -43,6 +43,8 @@ QUICK_OVERRIDES = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fin3r.commands.arguments import positive_int
+
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. finetune.steps=1000 world.eval_scenes=512")
     parser.add_argument("--config", default=None, help="a YAML demo config (default: the built-in one, "
@@ -54,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default runs/demo, runs/demo_ablation)")
     parser.add_argument("--base", default=None, help="a fin3r model file to use as the base instead of the "
                         "packaged one (e.g. a longer scripts/pretrain_world.py run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: measure 1 vs 2)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: measure 1 vs 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from fin3r.config import ConfigError, load_config
     from fin3r.demo import DemoConfig, run_demo, summary_table
     from fin3r.errors import Fin3rError
+    from fin3r.io import check_output_dir
 
     overrides = list(QUICK_OVERRIDES) if args.quick else []
     if args.ablation:
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(DemoConfig, args.config, overrides + list(args.overrides))
     except ConfigError as e:
         raise Fin3rError(str(e)) from None
+    check_output_dir(cfg.out_dir, "--out" if args.out else "out_dir")
 
     t0 = time.time()
     report = run_demo(cfg, echo=lambda line: print(line, flush=True))

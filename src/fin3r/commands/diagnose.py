@@ -18,6 +18,8 @@ example:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fin3r.commands.arguments import positive_int
+
     parser.add_argument("--model", required=True, help="base model: registry name or model file")
     parser.add_argument("--checkpoint", default=None, help="official weights for a registry-name --model")
     parser.add_argument("--random-weights", action="store_true",
@@ -31,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="folder of images")
     parser.add_argument("--size", default=None, metavar="HxW",
                         help="resize+crop images to HxW (multiples of the patch size; default 224x224)")
-    parser.add_argument("--limit", type=int, default=64, help="at most this many images (sorted by name)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=positive_int, default=64, help="at most this many images (sorted by name)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward (default %(default)s)")
     parser.add_argument("--out", default="diagnose", help="output folder")
 
 
@@ -41,14 +43,18 @@ def run(args: argparse.Namespace) -> int:
 
     from fin3r.diagnose import diagnose, load_images
     from fin3r.errors import InputError
+    from fin3r.io import check_output_dir
     from fin3r.models import apply_adapter, load_model
 
+    check_output_dir(args.out)
     h, w = 224, 224
     if args.size:
         try:
             h, w = (int(x) for x in args.size.lower().split("x"))
         except ValueError:
             raise InputError(f"--size must look like 384x512 (HxW), got {args.size!r}") from None
+        if h < 1 or w < 1:
+            raise InputError(f"--size {args.size}: height and width must be >= 1")
     base = load_model(args.model, args.checkpoint, random_weights=args.random_weights)
     images = load_images(args.images, h, w, args.limit)
     adapted = None

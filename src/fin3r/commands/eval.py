@@ -234,6 +234,9 @@ def _run(args: argparse.Namespace) -> int:
         raise Fin3rError("name a task (" + " | ".join(TASKS) + ") or use --compare; see `fin3r eval --help`")
     if args.eval_task == "world":
         from fin3r.eval.world_benchmarks import export_world_benchmarks
+        from fin3r.io import check_output_dir
+
+        check_output_dir(args.out)
 
         folders = export_world_benchmarks(args.out, args.num_images, args.num_pairs, args.num_scenes,
                                           args.views_per_scene, args.height, args.width, args.seed, progress=True)
@@ -241,6 +244,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{task}: {f}")
         return 0
 
+    from fin3r.io import check_output_dir
+
+    if args.out:
+        check_output_dir(args.out)
     if getattr(args, "teacher", None):
         if args.model or args.adapter or args.checkpoint:
             raise Fin3rError("--teacher evaluates a teacher: leave out --model/--checkpoint/--adapter")
@@ -253,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
         raise Fin3rError(f"fin3r eval {args.eval_task}: give --model" + (" or --teacher" if args.eval_task == "monodepth" else ""))
     else:
         model, tag = _load_model(args)
-    out = Path(args.out or Path("eval_out") / tag.replace("/", "_").replace(":", "_"))
+    out = check_output_dir(Path(args.out or Path("eval_out") / tag.replace("/", "_").replace(":", "_")))
     progress = not args.quiet
     if args.eval_task == "monodepth":
         from fin3r.eval.monodepth import PAPER_BENCHMARKS, MonodepthConfig, evaluate_monodepth

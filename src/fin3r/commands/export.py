@@ -53,7 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fin3r.export import export_adapter
+    from fin3r.io import check_output_dir, check_output_file
 
+    if args.format == "hf":
+        check_output_dir(args.out)
+    else:
+        check_output_file(args.out)
     info = export_adapter(args.adapter, args.out, model=args.model, checkpoint=args.checkpoint, fmt=args.format,
                           check_base=not args.no_check_base, base_model_id=args.base_model_id, license=args.license,
                           eval_results=tuple(args.eval) if args.eval else None)

@@ -45,10 +45,12 @@ DEFAULT_ALIGN_ITERS = 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fin3r.commands.arguments import device_name, nonneg_float, positive_float, positive_int, percentage
+
     parser.add_argument("input", help="an image file, a folder of images (any sizes) or a video file")
-    parser.add_argument("--fps", type=float, default=None,
+    parser.add_argument("--fps", type=positive_float, default=None,
                         help="video input: keep this many frames per second (default: every frame)")
-    parser.add_argument("--max-frames", type=int, default=None, help="video input: at most this many frames")
+    parser.add_argument("--max-frames", type=positive_int, default=None, help="video input: at most this many frames")
     parser.add_argument("--model", required=True,
                         help="registry name (e.g. dust3r_512_dpt), official .pth, Hugging Face folder or fin3r "
                              ".safetensors file")
@@ -62,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the checkpoint a released adapter of another model was trained on (a VGGT adapter on "
                              "π3: VGGT-1B); the two encoders are compared tensor by tensor, a difference is refused")
     parser.add_argument("--out", default="infer_out", help="output folder (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=None, help="long side in pixels (default: the model's)")
+    parser.add_argument("--size", type=positive_int, default=None, help="long side in pixels (default: the model's)")
     parser.add_argument("--views", action="store_true", help="predict all images as one multi-view set")
     parser.add_argument("--preprocess", default="default", choices=("default", "crop", "pad", "square"),
                         help="default: long side --size, sides cropped to patch multiples; crop / pad: VGGT's modes "
@@ -71,14 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", default="complete",
                         help="DUSt3R/MASt3R --views: pair graph complete | swin-K | logwin-K | oneref-R "
                              "(-noncyclic variants) (default: %(default)s)")
-    parser.add_argument("--align-iters", type=int, default=DEFAULT_ALIGN_ITERS,
+    parser.add_argument("--align-iters", type=positive_int, default=DEFAULT_ALIGN_ITERS,
                         help="DUSt3R/MASt3R --views: global-alignment iterations (default: %(default)s; the "
                              "official demo: 300)")
-    parser.add_argument("--conf-threshold", type=float, default=0.0,
+    parser.add_argument("--conf-threshold", type=nonneg_float, default=0.0,
                         help="leave points with a lower confidence out of the point clouds (default: keep all)")
-    parser.add_argument("--conf-percentile", type=float, default=0.0,
+    parser.add_argument("--conf-percentile", type=percentage, default=0.0,
                         help="also leave out the least confident P %% of the pixels (0-100; default: 0)")
-    parser.add_argument("--colmap-points", type=int, default=100_000,
+    parser.add_argument("--colmap-points", type=positive_int, default=100_000,
                         help="at most this many points in the COLMAP model (default: %(default)s)")
     parser.add_argument("--camera-model", default="auto", choices=["auto", "SIMPLE_PINHOLE", "PINHOLE"],
                         help="COLMAP camera model (auto: SIMPLE_PINHOLE when fx == fy, else PINHOLE)")
@@ -86,8 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view", action="store_true",
                         help="also write OUT/view.html: the base model against --adapter on these images "
                              "(see fin3r view)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", type=device_name, default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -95,10 +97,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fin3r.align import AlignConfig, OptimizerConfig
+    from fin3r.commands.arguments import check_device
     from fin3r.errors import InputError
     from fin3r.infer import list_inputs, run_inference
+    from fin3r.io import check_output_dir
     from fin3r.models import apply_adapter, load_model
 
+    check_output_dir(args.out)
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.view and not args.adapter:

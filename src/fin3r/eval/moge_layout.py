@@ -35,6 +35,7 @@ from PIL import Image, PngImagePlugin
 from torch import Tensor
 
 from fin3r.errors import InputError
+from fin3r.io import write_json_atomic
 from fin3r.eval.alignment import alignment_sample_index
 
 __all__ = [
@@ -157,7 +158,7 @@ def write_instance(
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(folder / "image.jpg", quality=95)
     write_moge_depth(folder / "depth.png", depth)
     K = np.asarray(intrinsics_normalized, dtype=np.float64).reshape(3, 3).tolist()
-    (folder / "meta.json").write_text(json.dumps({"intrinsics": K}))
+    write_json_atomic(folder / "meta.json", {"intrinsics": K}, indent=None)
     if edge is not None:
         Image.fromarray(np.asarray(edge, dtype=bool).astype(np.uint8) * 255).save(folder / "edge.png")
 

@@ -36,7 +36,7 @@ from fin3r.eval.model_io import MonoPredictor, mono_predictor
 from fin3r.eval.moge_layout import list_instances, load_instance
 from fin3r.eval.mono_scoring import DEPTH_VARIANTS, MonoGT, score_mono
 from fin3r.eval.report import save_result
-from fin3r.io import write_csv_atomic, write_text_atomic
+from fin3r.io import read_json, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ def evaluate_monodepth(
         sig = _signature(name, spec, config, model_tag)
         bench_json = out / "monodepth" / f"{name}.json" if out is not None else None
         if resume and model_tag and bench_json is not None and bench_json.is_file():
-            saved = json.loads(bench_json.read_text())
+            saved = read_json(bench_json)
             if saved.get("signature") == sig:
                 log.info("benchmark %s: read back from %s", name, bench_json)
                 result["benchmarks"][name] = saved["summary"]

@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from fin3r.io import write_text_atomic
+from fin3r.io import read_json, write_json_atomic
 
 __all__ = ["monodepth_table", "summary_table", "compare_results", "load_result", "save_result", "PERCENT_KEYS"]
 
@@ -35,13 +35,25 @@ def _arrow(key: str) -> str:
 
 
 def load_result(path: str | Path) -> dict:
-    """Read a result JSON written by ``fin3r eval``."""
-    return json.loads(Path(path).read_text())
+    """Read a result JSON written by ``fin3r eval``; :class:`fin3r.errors.InputError` (naming the
+    file) for an unreadable file or JSON that is not a result object."""
+    from fin3r.errors import InputError
+
+    try:
+        result = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: not a readable result JSON ({e})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("benchmarks", {}), dict) \
+            or not isinstance(result.get("mean", {}), dict):
+        raise InputError(f"{path}: not a fin3r eval result (expected a JSON object with 'benchmarks' and 'mean', "
+                         f"got {type(result).__name__})")
+    return result
 
 
 def save_result(path: str | Path, result: dict) -> None:
-    """Write a result dict as the JSON ``load_result`` reads (NaN kept as NaN), atomically."""
-    write_text_atomic(path, json.dumps(result, indent=1, allow_nan=True))
+    """Write a result dict as the JSON ``load_result`` reads, atomically: strict JSON, a
+    non-finite metric written as ``null`` with ``<key>_null_reason`` beside it."""
+    write_json_atomic(path, result)
 
 
 def monodepth_table(result: dict, variant: str = "depth_scale_invariant") -> str:

@@ -20,7 +20,6 @@ same readers and commands run end to end on a CPU machine:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from fin3r.eval.moge_layout import write_instance
 from fin3r.eval.relpose import Pair, write_superglue_pairs
 from fin3r.eval.scenes import write_7scenes_frame
 from fin3r.eval.world import edge_mask
+from fin3r.io import write_json_atomic
 
 __all__ = ["export_world_benchmarks", "export_world_monodepth", "export_world_pairs", "export_world_scenes"]
 
@@ -78,7 +78,7 @@ def export_world_monodepth(out: Path, num_images: int, height: int, width: int, 
     spec = {"path": "world", "width": width, "height": height, "split": ".index.txt", "depth_unit": 1.0,
             "drop_max_depth": 1000.0, "input_long_side": max(height, width), "source": "fin3r.data.world",
             "seed": seed}
-    (folder / "benchmark.json").write_text(json.dumps(spec, indent=1))
+    write_json_atomic(folder / "benchmark.json", spec)
     return folder
 
 
@@ -106,7 +106,7 @@ def export_world_pairs(out: Path, num_pairs: int, height: int, width: int, seed:
                           K.double().numpy(), T.numpy()))
     write_superglue_pairs(folder / "pairs.txt", pairs)
     spec = {"format": "superglue", "input_long_side": max(height, width), "source": "fin3r.data.world", "seed": seed}
-    (folder / "benchmark.json").write_text(json.dumps(spec, indent=1))
+    write_json_atomic(folder / "benchmark.json", spec)
     return folder
 
 
@@ -130,7 +130,7 @@ def export_world_scenes(out: Path, num_scenes: int, views_per_scene: int, height
         names.append(name)
     (folder / "scenes.txt").write_text("\n".join(names) + "\n")
     spec = {"layout": "7scenes", "input_long_side": max(height, width), "source": "fin3r.data.world", "seed": seed}
-    (folder / "benchmark.json").write_text(json.dumps(spec, indent=1))
+    write_json_atomic(folder / "benchmark.json", spec)
     return folder
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fin3r.config import bounded
+
 
 @dataclass
 class ModelConfig:
@@ -37,9 +39,9 @@ class LoraConfig:
     is plain LoRA."""
 
     targets: list[str] = field(default_factory=lambda: ["qkv"])
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
+    rank: int = bounded(8, ge=1)
+    alpha: float = bounded(8.0, gt=0)
+    dropout: float = bounded(0.0, ge=0, lt=1)
     mode: str | None = "weight_row"
 
 
@@ -47,12 +49,12 @@ class LoraConfig:
 class DistillConfig:
     """Monocular distillation (``fin3r.losses.distillation_loss``)."""
 
-    weight: float = 1.0
-    lam: float = 0.2
+    weight: float = bounded(1.0, ge=0)
+    lam: float = bounded(0.2, ge=0)
     rho: Literal["sq", "abs"] = "sq"
     align: Literal["auto", "scale", "affine"] = "auto"
-    min_valid: int = 100
-    far_quantile: float | None = 0.98
+    min_valid: int = bounded(100, ge=1)
+    far_quantile: float | None = bounded(0.98, gt=0, le=1)
     both_heads: bool = True  # DUSt3R/MASt3R: supervise the second head of the (I, I) pair too
 
 
@@ -60,8 +62,8 @@ class DistillConfig:
 class ReplayConfig:
     """Multi-view replay (``fin3r.models.replay_loss``), the model family's own criterion."""
 
-    weight: float = 1.0
-    alpha: float = 0.2
+    weight: float = bounded(1.0, ge=0)
+    alpha: float = bounded(0.2, ge=0)
 
 
 @dataclass
@@ -90,19 +92,19 @@ class DataConfig:
     images_root: str | list[str] | None = None
     labels_root: str | None = None
     mono_crop: Literal["center", "random"] = "center"
-    mono_max_zoom: float = 1.0
-    height: int = 32
-    width: int = 48
-    num_views: int = 2
-    world_mono_scenes: int = 256
-    world_replay_scenes: int = 128
-    mono_per_epoch: int = 64
-    replay_per_epoch: int = 16
-    batch_size: int = 8
-    num_workers: int = 0
-    heldout_images: int = 8  # fixed held-out images for the per-epoch feature-norm signal
+    mono_max_zoom: float = bounded(1.0, ge=1)
+    height: int = bounded(32, ge=1)
+    width: int = bounded(48, ge=1)
+    num_views: int = bounded(2, ge=1)
+    world_mono_scenes: int = bounded(256, ge=1)
+    world_replay_scenes: int = bounded(128, ge=1)
+    mono_per_epoch: int = bounded(64, ge=0)
+    replay_per_epoch: int = bounded(16, ge=0)
+    batch_size: int = bounded(8, ge=1)
+    num_workers: int = bounded(0, ge=0)
+    heldout_images: int = bounded(8, ge=0)  # fixed held-out images for the per-epoch feature-norm signal
     allow_no_replay: bool = False
-    max_bad_fraction: float = 0.05
+    max_bad_fraction: float = bounded(0.05, ge=0, le=1)
     strict: bool = False
 
 
@@ -110,14 +112,14 @@ class DataConfig:
 class OptimConfig:
     """AdamW on the LoRA parameters only; linear warm-up then half-cycle cosine to ``min_lr``."""
 
-    lr: float = 1e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_epochs: float = 1.0
-    epochs: int = 10
-    grad_clip: float = 1.0  # 0 disables
-    accum_steps: int = 1
+    lr: float = bounded(1e-4, gt=0)
+    min_lr: float = bounded(1e-6, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    betas: tuple[float, float] = bounded((0.9, 0.95), ge=0, lt=1)
+    warmup_epochs: float = bounded(1.0, ge=0)
+    epochs: int = bounded(10, ge=1)
+    grad_clip: float = bounded(1.0, ge=0)  # 0 disables
+    accum_steps: int = bounded(1, ge=1)
 
 
 @dataclass
@@ -136,8 +138,8 @@ class TrainConfig:
     """
 
     out_dir: str = "runs/fin3r"
-    seed: int = 0
-    device: str = "auto"
+    seed: int = bounded(0, ge=0)
+    device: str = bounded("auto", device=True)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
     frozen_weights: Literal["fp32", "bf16"] = "fp32"
@@ -147,10 +149,10 @@ class TrainConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    ckpt_every: int = 200
-    log_every: int = 10
-    max_nonfinite: int = 20
-    max_steps: int = 0
+    ckpt_every: int = bounded(200, ge=0)
+    log_every: int = bounded(10, ge=1)
+    max_nonfinite: int = bounded(20, ge=1)
+    max_steps: int = bounded(0, ge=0)
     progress: bool = True
     tensorboard: bool = True
 

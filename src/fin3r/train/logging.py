@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fin3r.io import write_csv_atomic, write_text_atomic
+from fin3r.io import json_text, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class MetricsLogger:
             return
         record = {k: (float(v) if hasattr(v, "item") else v) for k, v in record.items()}
         with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(record, sort_keys=False) + "\n")
+            f.write(json_text(record, indent=None) + "\n")
         kind = str(record.get("kind", "step"))
         self._write_csv(self.out_dir / f"metrics_{kind}.csv", kind, record)
         if self._tb is not None:
