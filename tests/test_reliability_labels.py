@@ -306,3 +306,21 @@ def test_scan_images_reports_instead_of_raising(tmp_path):
     assert len(refs) == 1 and len(skipped) == 1
     with pytest.raises(InputError):
         scan_images([tmp_path / "missing"])
+
+
+@pytest.mark.slow
+def test_soak_label_killed_with_sigkill_ends_with_the_uninterrupted_cache(tmp_path):
+    """The soak of benchmarks/soak_label.py at test size: 24 images, one broken input of each of
+    the eight kinds, one SIGKILL at a random point: the final cache equals an uninterrupted run's,
+    byte for byte, no temp file is left, and every broken input is listed with its kind."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "soak_label.py"
+    spec = importlib.util.spec_from_file_location("soak_label", path)
+    soak_label = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak_label)
+    figures = soak_label.soak(tmp_path, n_images=24, kills=1, seed=1, broken_fraction=1 / 3)
+    assert figures["broken"] == 8 and set(figures["broken_per_kind"].values()) == {1}
+    assert figures["files_differing"] == 0 and figures["files_reference"] == 3 * 16
+    assert figures["killed_runs"][0]["killed"] and figures["broken_listed_with_right_kind"] == 8
+    assert figures["ok"], figures

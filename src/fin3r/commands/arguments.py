@@ -12,46 +12,31 @@ import math
 __all__ = ["positive_int", "nonneg_int", "finite_float", "nonneg_float", "device_name", "check_device"]
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+def _number(parse, what: str, minimum: float | None = None):
+    """An argparse type: ``parse(text)`` (refused unless finite) and ``>= minimum``."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: must be {what} >= {minimum:g}")
+        return value
+
+    return convert
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be an integer >= 1")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    """An integer >= 0."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be an integer >= 0")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """A finite number (``nan`` and ``inf`` refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number >= 0")
-    return value
+#: an integer >= 1
+positive_int = _number(int, "an integer", 1)
+#: an integer >= 0
+nonneg_int = _number(int, "an integer", 0)
+#: a finite number (``nan`` and ``inf`` refused)
+finite_float = _number(float, "a number")
+#: a finite number >= 0
+nonneg_float = _number(float, "a number", 0)
 
 
 def device_name(text: str) -> str:
