@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fin3r.errors import Fin3rError
-from fin3r.io import atomic_write
+from fin3r.io import atomic_write, check_finite
 from fin3r.lora import lora_modules, merge_and_unload, read_adapter, save_adapter
 from fin3r.models import MODEL_CONFIGS, apply_adapter, load_model, save_hf_folder, save_official
 
@@ -153,6 +153,7 @@ def export_adapter(
     if fmt == "auto":
         fmt = "safetensors" if out.suffix == ".safetensors" else "pth"
     sd = {k: v.detach().cpu().contiguous() for k, v in merged.official_state_dict().items()}
+    check_finite(sd, str(out), what="the merged weights to export")
     if fmt == "hf":
         save_hf_folder(merged, out)
         _write_card(out, card("merged"))

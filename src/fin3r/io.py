@@ -75,6 +75,26 @@ def safe_torch_load(path: str | os.PathLike, allowed_globals: Iterable[Any] = ()
         raise CheckpointError(f"{path}: cannot read as {what} ({type(e).__name__}: {e})") from None
 
 
+def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first key (in order) whose floating-point tensor holds a NaN or an infinity, or None."""
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()) and value.numel() \
+                and value.device.type != "meta":
+            if not bool(torch.isfinite(value).all()):
+                return key
+    return None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str, what: str = "weights") -> None:
+    """:class:`CheckpointError` naming the first tensor of ``tensors`` that is not finite."""
+    key = first_nonfinite(tensors)
+    if key is not None:
+        t = tensors[key].detach()
+        bad = int((~torch.isfinite(t)).sum())
+        raise CheckpointError(f"{source}: {what} are not finite: '{key}' holds {bad} NaN/inf value(s) "
+                              f"of {t.numel()}")
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """``(metadata, tensors)`` of a safetensors file (CPU); :class:`CheckpointError` if unreadable."""
     path = Path(path)

@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_name, default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="run a base whose weights hold NaN/inf with a warning instead of refusing it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     if args.view and not args.adapter:
         raise InputError("--view compares the base model with an adapter: pass --adapter")
     inputs = list_inputs(args.input, args.fps, args.max_frames)
-    model = load_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights)
+    model = load_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
+                       nonfinite="warn" if args.allow_nonfinite else "error")
     model = model.to(args.device).eval()
     align = AlignConfig(graph=args.graph, optimizer=OptimizerConfig(niter=args.align_iters))
     if args.adapter:

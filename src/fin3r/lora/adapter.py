@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,10 +21,10 @@ from torch import Tensor, nn
 
 from fin3r import __version__
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write, read_safetensors
+from fin3r.io import atomic_write, check_finite, read_safetensors
 from fin3r.lora.inject import inject_lora, lora_modules
 from fin3r.lora.layer import LoRALinear
-from fin3r.lora.modes import LoRAError, get_mode
+from fin3r.lora.modes import MODES, LoRAError, get_mode
 
 #: version of the adapter file layout written by :func:`save_adapter`
 FORMAT_VERSION = 1
@@ -132,15 +133,20 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     meta, tensors = read_safetensors(path)
     if HEADER_KEY not in meta:
         raise CheckpointError(f"{path}: no '{HEADER_KEY}' header in the safetensors metadata")
-    return tensors, parse_header(meta[HEADER_KEY], path)
+    header = parse_header(meta[HEADER_KEY], path)
+    check_finite(tensors, path, what="adapter tensors")
+    return tensors, header
 
 
 def parse_header(text: str, source: str) -> dict:
-    """The JSON header of :func:`save_adapter`, checked (format version, required keys)."""
+    """The JSON header of :func:`save_adapter`, checked (format version, required keys and their
+    types, every layer's settings: :func:`check_module_config`)."""
     try:
         header = json.loads(text)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{source}: header '{HEADER_KEY}' is not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{source}: header '{HEADER_KEY}' is nested too deeply") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{source}: header '{HEADER_KEY}' is not a JSON object")
     version = header.get("format_version")
@@ -148,10 +154,39 @@ def parse_header(text: str, source: str) -> dict:
         raise CheckpointError(
             f"{source}: adapter format_version {version!r}; this fin3r reads {FORMAT_VERSION}"
         )
-    for key in ("targets", "modules", "base_hashes"):
+    for key, kind in (("targets", list), ("modules", dict), ("base_hashes", dict)):
         if key not in header:
             raise CheckpointError(f"{source}: header has no '{key}'")
+        if not isinstance(header[key], kind):
+            raise CheckpointError(f"{source}: header '{key}' must be a JSON {kind.__name__}, got {header[key]!r:.60}")
+    for name, config in header["modules"].items():
+        check_module_config(config, f"{source}: header modules['{name}']")
     return header
+
+
+def check_module_config(config: Any, source: str) -> dict:
+    """One layer's adapter settings from a file header, checked: ``rank`` an integer in
+    [1, 65536], ``alpha`` a finite number > 0, ``dropout`` in [0, 1), ``mode`` one of
+    :data:`~fin3r.lora.modes.MODES`, ``slices`` an integer in [1, 64]; :class:`CheckpointError`
+    naming ``source``."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: must be a JSON object, got {config!r:.60}")
+
+    def number(name: str, ok, allowed: str, integer: bool = False, required: bool = True) -> None:
+        if name not in config and not required:
+            return
+        v = config.get(name)
+        is_num = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not is_num or not math.isfinite(v) or not ok(v):
+            raise CheckpointError(f"{source}: {name}={v!r} is not allowed ({allowed})")
+
+    number("rank", lambda v: 1 <= v <= 65536, "an integer in [1, 65536]", integer=True)
+    number("alpha", lambda v: v > 0, "a finite number > 0")
+    number("dropout", lambda v: 0 <= v < 1, "a number in [0, 1)", required=False)
+    number("slices", lambda v: 1 <= v <= 64, "an integer in [1, 64]", integer=True, required=False)
+    if config.get("mode") not in MODES:
+        raise CheckpointError(f"{source}: mode={config.get('mode')!r} is not allowed (one of {MODES})")
+    return config
 
 
 def check_and_load(

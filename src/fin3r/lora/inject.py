@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from fin3r.lora.layer import LoRALinear
@@ -86,6 +87,10 @@ def merge_lora(model: nn.Module) -> None:
     _check_mergeable(mods)  # check all first: no half-merged model
     for m in mods.values():
         m.merge()
+    for n, m in mods.items():  # a non-finite merge is undone whole
+        if not bool(torch.isfinite(m.weight).all()):
+            unmerge_lora(model)
+            raise LoRAError(f"{n}: the merged weight is not finite (NaN/inf); the adapter or the base is broken")
 
 
 def unmerge_lora(model: nn.Module) -> None:
@@ -103,8 +108,12 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """
     mods = lora_modules(model)
     _check_mergeable(mods)
-    for n, m in mods.items():
-        _set_submodule(model, n, m.to_linear())
+    linears = {n: m.to_linear() for n, m in mods.items()}
+    for n, lin in linears.items():  # all checked before any is replaced
+        if not bool(torch.isfinite(lin.weight).all()):
+            raise LoRAError(f"{n}: the merged weight is not finite (NaN/inf); the adapter or the base is broken")
+    for n, lin in linears.items():
+        _set_submodule(model, n, lin)
     return model
 
 

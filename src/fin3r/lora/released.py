@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fin3r.errors import CheckpointError
-from fin3r.io import safe_torch_load
+from fin3r.io import check_finite, safe_torch_load
 from fin3r.lora.adapter import check_and_load
 from fin3r.lora.layer import LoRALinear
 from fin3r.lora.modes import OUTPUT
@@ -51,6 +51,7 @@ def _read_released(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str
             base[_strip_peft(key)] = value
     if not adapter:
         raise CheckpointError(f"{path}: no PEFT LoRA keys ('*.lora_A.<adapter>.weight') found")
+    check_finite(adapter, path, what="adapter tensors")
     if len(adapter_names) > 1:
         raise CheckpointError(f"{path}: several PEFT adapters {sorted(adapter_names)}; expected one")
     for k in sorted(adapter):

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from fin3r.errors import CheckpointError
-from fin3r.io import atomic_write, read_safetensors, safe_torch_load, write_text_atomic
+from fin3r.io import atomic_write, check_finite, first_nonfinite, read_safetensors, safe_torch_load, write_text_atomic
 from fin3r.lora import LoRALinear, apply_fin3r_lora, import_fin3r_lora, load_adapter
 from fin3r.models.base import Reconstructor
 from fin3r.models.hub_cache import cached_snapshot, looks_like_hub_id
@@ -157,9 +157,9 @@ def _complete(spec: ModelFamily, config: dict[str, Any]) -> dict[str, Any]:
 def _build_with_weights(config: dict[str, Any], state_dict: dict[str, Tensor], source: str) -> Reconstructor:
     """Build on the meta device and take the file's tensors (no random init, one copy of the
     weights in memory), cast to the model's dtypes; models with buffers are built on the CPU."""
-    model = build_model(config, device="meta")
+    model = _build_described(config, "meta", source)
     if any(True for _ in model.buffers()):
-        model = build_model(config)
+        model = _build_described(config, "cpu", source)
         model.load_weights(state_dict, source)
         return model
     own = model.state_dict()
@@ -174,8 +174,31 @@ def _build_with_weights(config: dict[str, Any], state_dict: dict[str, Tensor], s
     return model
 
 
+def _build_described(config: dict[str, Any], device: str, source: str) -> Reconstructor:
+    """``build_model(config)`` for a description read from a file: whatever the constructor
+    refuses (a value of another type, a mode it does not know) is a :class:`CheckpointError`."""
+    try:
+        return build_model(config, device=device)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: its architecture description does not build a model "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def _check_weights_finite(state_dict: dict[str, Tensor], source: str, nonfinite: str) -> None:
+    key = first_nonfinite(state_dict)
+    if key is None:
+        return
+    if nonfinite == "warn":
+        log.warning("%s: weights are not finite ('%s' holds NaN/inf); predictions will be wrong", source, key)
+        return
+    check_finite(state_dict, source)
+
+
 def load_model(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.PathLike | None = None,
-               device: torch.device | str = "cpu", random_weights: bool = True) -> Reconstructor:
+               device: torch.device | str = "cpu", random_weights: bool = True,
+               nonfinite: str = "error") -> Reconstructor:
     """A model in eval mode from:
 
     - a registry name or a config dict (random init, or the weights of ``checkpoint`` -- any
@@ -186,7 +209,12 @@ def load_model(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.P
     - an official ``.pth`` file or a Hugging Face folder of any registered family;
     - a Hugging Face hub id (``naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt``) already in the local
       Hugging Face cache (:func:`fin3r.models.hub_cache.cached_snapshot`; never downloaded).
+
+    Every weight read from a file must be finite: ``nonfinite="error"`` (default) raises a
+    :class:`CheckpointError` naming the first tensor holding NaN/inf, ``"warn"`` logs it.
     """
+    if nonfinite not in ("error", "warn"):
+        raise ValueError(f"nonfinite must be 'error' or 'warn', got {nonfinite!r}")
     name = model if isinstance(model, dict) else str(model)
     if isinstance(name, dict) or name in MODEL_CONFIGS:
         requested = resolve_config(name)
@@ -220,6 +248,7 @@ def load_model(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.P
                                   f"checkpoint=<file>")
         config = {**(resolve_config(fallback) if fallback else {}), **(described or {})}
     spec.check_config(config, state_dict, source)
+    _check_weights_finite(state_dict, source, nonfinite)
     return _build_with_weights(config, state_dict, source).to(device).eval()
 
 
@@ -317,10 +346,12 @@ def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike, check_base
 
 def load(model: str | os.PathLike | dict[str, Any], checkpoint: str | os.PathLike | None = None,
          adapter: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-         adapter_base: str | os.PathLike | None = None, random_weights: bool = True) -> Reconstructor:
-    """The model a user names (:func:`load_model`), with ``adapter`` applied (:func:`apply_adapter`;
-    ``adapter_base``: see there), in eval mode on ``device``; ``random_weights``: see :func:`load_model`."""
-    net = load_model(model, checkpoint, random_weights=random_weights)
+         adapter_base: str | os.PathLike | None = None, random_weights: bool = True,
+         nonfinite: str = "error") -> Reconstructor:
+    """The model a user names (:func:`load_model`; ``random_weights``, ``nonfinite`` as there), with
+    ``adapter`` applied (:func:`apply_adapter`; ``adapter_base``: see there; adapters must always be
+    finite), in eval mode on ``device``."""
+    net = load_model(model, checkpoint, random_weights=random_weights, nonfinite=nonfinite)
     if adapter is not None:
         apply_adapter(net, adapter, adapter_base=adapter_base)
     elif adapter_base is not None:

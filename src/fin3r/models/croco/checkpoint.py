@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -107,9 +108,44 @@ def check_config(config: dict[str, Any], state_dict: dict[str, Tensor], source: 
     c = {**defaults, **config}
     check_positive_ints(c, ("enc_depth", "dec_depth", "enc_embed_dim", "dec_embed_dim", "enc_num_heads",
                             "dec_num_heads", "patch_size", "img_size"), source)
+    check_config_types(c, source)
     check_blocks(state_dict, {"enc_blocks.": c["enc_depth"], "dec_blocks.": c["dec_depth"]}, source)
     check_width(state_dict, "enc_norm.weight", 0, c["enc_embed_dim"], "enc_embed_dim", source)
     check_width(state_dict, "dec_norm.weight", 0, c["dec_embed_dim"], "dec_embed_dim", source)
+
+
+def check_config_types(config: dict[str, Any], source: str) -> None:
+    """The non-size fields of a CroCo description, by type: scalar integers where one is meant,
+    ``mlp_ratio`` a finite number in (0, 16], activation modes ``[name, low, high]``, flags
+    booleans, names strings; :class:`CheckpointError` naming the field and value."""
+    def refuse(name: str, allowed: str) -> None:
+        raise CheckpointError(f"{source}: {name}={config[name]!r:.60} is not allowed ({allowed})")
+
+    for name in ("enc_depth", "dec_depth", "enc_embed_dim", "dec_embed_dim", "enc_num_heads", "dec_num_heads",
+                 "patch_size"):
+        if name in config and isinstance(config[name], (list, tuple)):
+            refuse(name, "a single positive integer")
+    if "img_size" in config and isinstance(config["img_size"], (list, tuple)) and len(config["img_size"]) not in (1, 2):
+        refuse("img_size", "an integer or [height, width]")
+    if "mlp_ratio" in config:
+        v = config["mlp_ratio"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 16:
+            refuse("mlp_ratio", "a finite number in (0, 16]")
+    for name in ("depth_mode", "conf_mode", "desc_conf_mode"):
+        v = config.get(name)
+        if v is None and name != "depth_mode":
+            continue
+        if name not in config:
+            continue
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and isinstance(v[0], str)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x) for x in v[1:])):
+            refuse(name, "[mode name, low, high] such as ['exp', 1, inf]")
+    for name in ("norm_im2_in_dec", "two_confs"):
+        if name in config and not isinstance(config[name], bool):
+            refuse(name, "true or false")
+    for name in ("head_type", "output_mode", "pos_embed"):
+        if name in config and not isinstance(config[name], str):
+            refuse(name, "a string")
 
 
 # --- detection and reading -----------------------------------------------------------------------
