@@ -156,3 +156,20 @@ def test_label_report_and_sidecars_are_strict_json(tmp_path):
     assert main(["label", "--teacher", "oracle", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "l")]) == 0
     for p in (tmp_path / "l").rglob("*.json"):
         json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{p}: non-standard constant {c}"))
+
+
+def test_demo_pose_auc_change_against_a_zero_base_is_null_with_its_reason(tmp_path):
+    """The demo's relative change / z of pose AUC@5 when the base's AUC is 0: NaN in the report,
+    ``null`` with the reason beside it in report.json (strict readers refuse NaN)."""
+    from fin3r.eval.paired import paired_auc_difference
+    from fin3r.io import write_json_atomic
+
+    base_err = torch.full((16,), 90.0)  # every base pose wrong: AUC 0 at every threshold
+    tuned_err = torch.linspace(0.5, 30.0, 16)
+    stats = paired_auc_difference(tuned_err, base_err, reps=20)
+    assert stats["auc5"]["before"] == 0 and math.isnan(stats["auc5"]["rel"])
+    write_json_atomic(tmp_path / "report.json", {"pose": {"fin3r": stats}})
+    text = (tmp_path / "report.json").read_text()
+    loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
+    auc5 = loaded["pose"]["fin3r"]["auc5"]
+    assert auc5["rel"] is None and "base's value is 0" in auc5["rel_null_reason"]

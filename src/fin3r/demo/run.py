@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -18,7 +17,7 @@ from fin3r.demo.view import write_demo_view
 from fin3r.demo.report import build_report, report_markdown
 from fin3r.demo.runner import measure_threads, run_variants, variant_train_config
 from fin3r.eval.world import evaluate_world, floor_figures
-from fin3r.io import write_text_atomic
+from fin3r.io import write_json_atomic, write_text_atomic
 
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
@@ -76,7 +75,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
                         eval_views.K[:n_fig], eval_views.cam2world[:n_fig], figure_views, labels)
     report["timings_s"] = clock.timings
     report["total_s"] = round(time.time() - clock.start, 1)
-    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_json_atomic(out / "report.json", report)  # strict JSON: NaN -> null with its reason
     write_text_atomic(out / "report.md", report_markdown(report))
     torch.set_num_threads(threads_before)
     return report
