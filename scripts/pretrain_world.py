@@ -93,11 +93,11 @@ def parameter_groups(model, weight_decay: float):
 
 def save_checkpoint(model, out: Path, card: dict) -> None:
     """fp16 safetensors via the shared ``save_model``, plus the JSON card beside it (both atomic)."""
-    from fin3r.io import write_text_atomic
+    from fin3r.io import write_json_atomic
     from fin3r.models import save_model
 
     save_model(copy.deepcopy(model).half(), out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(card, indent=1))
+    write_json_atomic(out.with_suffix(".json"), card)
 
 
 def main(argv=None) -> int:
