@@ -275,6 +275,16 @@ def test_a_mixed_entry_is_never_read(tmp_path):
     label_paths(tmp_path, "k")["png"].write_bytes(label_paths(tmp_path / "b", "k")["png"].read_bytes())
     with pytest.raises(BadLabel, match="SHA-256"):
         read_label(tmp_path, "k")
+    # the optional confidence channel is part of the unit too
+    from fin3r.data.label_channels import channel_path
+
+    write_label(tmp_path / "b", "c", d, m, confidence=torch.full((12, 16), 0.25))
+    write_label(tmp_path, "c", d, m, confidence=torch.full((12, 16), 0.75))
+    read_label(tmp_path, "c")
+    conf = channel_path(label_paths(tmp_path, "c")["mask"], "conf")
+    conf.write_bytes(channel_path(label_paths(tmp_path / "b", "c")["mask"], "conf").read_bytes())
+    with pytest.raises(BadLabel, match="conf.png.*SHA-256"):
+        read_label(tmp_path, "c")
 
 
 def test_abandoned_temp_files_are_swept_at_the_next_run(tmp_path):

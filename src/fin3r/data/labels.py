@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from fin3r.data.label_channels import read_label_confidence, write_label_channels
+from fin3r.data.label_channels import channel_path, read_label_confidence, write_label_channels
 from fin3r.data.sa1b import BadImage, ImageReader, normalise_key, scan_images
 from fin3r.data.views import crop_resize_view, make_view
 from fin3r.errors import InputError
@@ -269,6 +269,9 @@ def read_label(labels_root: str | Path, key: str) -> tuple[np.ndarray, np.ndarra
     depth_path = paths["png"] if meta["format"] == "png" else paths["npy"]
     depth_bytes = _read_verified(depth_path, meta, "depth", paths["json"])
     mask_bytes = _read_verified(paths["mask"], meta, "mask", paths["json"])
+    for channel, field in (("normal", "normal_file"), ("conf", "conf_file")):  # optional channels
+        if meta.get(field) and channel in (meta.get("sha256") or {}):
+            _read_verified(channel_path(paths["mask"], channel), meta, channel, paths["json"])
     try:
         if meta["format"] == "png":
             with Image.open(io.BytesIO(depth_bytes)) as im:
