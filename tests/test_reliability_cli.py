@@ -173,3 +173,32 @@ def test_demo_pose_auc_change_against_a_zero_base_is_null_with_its_reason(tmp_pa
     loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
     auc5 = loaded["pose"]["fin3r"]["auc5"]
     assert auc5["rel"] is None and "base's value is 0" in auc5["rel_null_reason"]
+
+
+def test_every_command_sweeps_the_temp_files_a_killed_run_left(files, capsys):
+    """Temp files of a dead writer are removed at the next start on the same output; a live
+    writer's, other files, and files outside the output are kept."""
+    import os
+    import socket
+
+    from fin3r.io import TEMP_SUFFIX
+
+    host = socket.gethostname().replace(".", "-")
+    out = files / "preds"
+    out.mkdir()
+    dead = out / f".x.png.{host}.999999999.ab12{TEMP_SUFFIX}"
+    live = out / f".y.png.{host}.{os.getpid()}.cd34{TEMP_SUFFIX}"
+    for p in (dead, live, out / "keep.txt", files / f".z.{host}.999999999.ef56{TEMP_SUFFIX}"):
+        p.write_text("x")
+    code, err = run_cli(["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--out", str(out),
+                         "--no-progress"], capsys)
+    assert code == 0, err
+    assert not dead.exists() and live.exists() and (out / "keep.txt").exists()
+    assert (files / f".z.{host}.999999999.ef56{TEMP_SUFFIX}").exists()  # outside --out: untouched
+    # a file output: only the temp files of that file's name, beside it
+    mine = files / f".m.pth.{host}.999999999.gh78{TEMP_SUFFIX}"
+    other = files / f".n.pth.{host}.999999999.ij90{TEMP_SUFFIX}"
+    mine.write_text("x")
+    other.write_text("x")
+    run_cli(["export", "--adapter", str(files / "missing.safetensors"), "--out", str(files / "m.pth")], capsys)
+    assert not mine.exists() and other.exists()

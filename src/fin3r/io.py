@@ -162,11 +162,13 @@ def _abandoned(name: str, max_age_s: float, mtime: float, now: float) -> bool:
     return False
 
 
-def sweep_temp_files(folder: str | os.PathLike, max_age_s: float = 3600.0) -> list[Path]:
-    """Remove abandoned fin3r temp files (``*.fin3r-tmp``) under ``folder`` (recursively, not
-    following links); returns the removed paths. Temp files of writers still running (same host,
-    live process, younger than ``max_age_s``) are left alone, so shards sharing an output folder
-    can start at any time. Nothing else is touched."""
+def sweep_temp_files(folder: str | os.PathLike, max_age_s: float = 3600.0, recursive: bool = True,
+                     prefix: str = "") -> list[Path]:
+    """Remove abandoned fin3r temp files (``*.fin3r-tmp``, names starting with ``prefix``) under
+    ``folder`` (recursively unless ``recursive=False``, not following links); returns the
+    removed paths. Temp files of writers still running (same host, live process, younger than
+    ``max_age_s``) are left alone, so shards sharing an output folder can start at any time.
+    Nothing else is touched."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
@@ -181,8 +183,9 @@ def sweep_temp_files(folder: str | os.PathLike, max_age_s: float = 3600.0) -> li
         for e in entries:
             try:
                 if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                elif e.name.endswith(TEMP_SUFFIX) and e.is_file(follow_symlinks=False):
+                    if recursive:
+                        stack.append(e.path)
+                elif e.name.endswith(TEMP_SUFFIX) and e.name.startswith(prefix) and e.is_file(follow_symlinks=False):
                     if _abandoned(e.name, max_age_s, e.stat(follow_symlinks=False).st_mtime, now):
                         os.unlink(e.path)
                         removed.append(Path(e.path))
@@ -273,6 +276,18 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     return path
 
 
+def prepare_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """:func:`check_output_dir`, then remove the temp files a killed earlier run left in it
+    (:func:`sweep_temp_files`); logs how many."""
+    import logging
+
+    path = check_output_dir(path, what)
+    removed = sweep_temp_files(path)
+    if removed:
+        logging.getLogger(__name__).info("%s: removed %d abandoned temp file(s) of an earlier run", path, len(removed))
+    return path
+
+
 def check_output_file(path: str | os.PathLike, what: str = "--out") -> Path:
     """``path`` as an output file: refused when it is an existing folder or a parent is a file."""
     path = Path(path)
@@ -281,6 +296,7 @@ def check_output_file(path: str | os.PathLike, what: str = "--out") -> Path:
     for p in path.parents:
         if p.exists() and not p.is_dir():
             raise InputError(f"{what} {path}: {p} is an existing file, not a folder")
+    sweep_temp_files(path.parent, recursive=False, prefix=f".{path.name}.")  # a killed earlier write of it
     return path
 
 

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from fin3r.config import ConfigError, load_config
     from fin3r.demo import DemoConfig, run_demo, summary_table
     from fin3r.errors import Fin3rError
-    from fin3r.io import check_output_dir
+    from fin3r.io import prepare_output_dir
 
     overrides = list(QUICK_OVERRIDES) if args.quick else []
     if args.ablation:
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(DemoConfig, args.config, overrides + list(args.overrides))
     except ConfigError as e:
         raise Fin3rError(str(e)) from None
-    check_output_dir(cfg.out_dir, "--out" if args.out else "out_dir")
+    prepare_output_dir(cfg.out_dir, "--out" if args.out else "out_dir")
 
     t0 = time.time()
     report = run_demo(cfg, echo=lambda line: print(line, flush=True))

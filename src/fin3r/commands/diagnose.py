@@ -43,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     from fin3r.diagnose import diagnose, load_images
     from fin3r.errors import InputError
-    from fin3r.io import check_output_dir
+    from fin3r.io import prepare_output_dir
     from fin3r.models import apply_adapter, load_model
 
-    check_output_dir(args.out)
+    prepare_output_dir(args.out)
     h, w = 224, 224
     if args.size:
         try:

@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{task}: {f}")
         return 0
 
-    from fin3r.io import check_output_dir
+    from fin3r.io import check_output_dir, prepare_output_dir
 
     if args.out:
         check_output_dir(args.out)
@@ -260,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
         raise Fin3rError(f"fin3r eval {args.eval_task}: give --model" + (" or --teacher" if args.eval_task == "monodepth" else ""))
     else:
         model, tag = _load_model(args)
-    out = check_output_dir(Path(args.out or Path("eval_out") / tag.replace("/", "_").replace(":", "_")))
+    out = prepare_output_dir(Path(args.out or Path("eval_out") / tag.replace("/", "_").replace(":", "_")))
     progress = not args.quiet
     if args.eval_task == "monodepth":
         from fin3r.eval.monodepth import PAPER_BENCHMARKS, MonodepthConfig, evaluate_monodepth

@@ -53,10 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fin3r.export import export_adapter
-    from fin3r.io import check_output_dir, check_output_file
+    from fin3r.io import check_output_file, prepare_output_dir
 
     if args.format == "hf":
-        check_output_dir(args.out)
+        prepare_output_dir(args.out)
     else:
         check_output_file(args.out)
     info = export_adapter(args.adapter, args.out, model=args.model, checkpoint=args.checkpoint, fmt=args.format,

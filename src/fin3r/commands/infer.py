@@ -102,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
     from fin3r.commands.arguments import check_device
     from fin3r.errors import InputError
     from fin3r.infer import list_inputs, run_inference
-    from fin3r.io import check_output_dir
+    from fin3r.io import prepare_output_dir
     from fin3r.models import apply_adapter, load_model
 
-    check_output_dir(args.out)
+    prepare_output_dir(args.out)
     check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
         print(format_estimate(estimate_memory(config)))
         return 0
-    from fin3r.io import check_output_dir
+    from fin3r.io import prepare_output_dir
 
-    check_output_dir(config.out_dir, "out_dir")
+    prepare_output_dir(config.out_dir, "out_dir")
     result = train(config, resume=args.resume)
     if result.adapter_path is not None:
         last = result.history[-1] if result.history else {}
