@@ -202,3 +202,19 @@ def test_every_command_sweeps_the_temp_files_a_killed_run_left(files, capsys):
     other.write_text("x")
     run_cli(["export", "--adapter", str(files / "missing.safetensors"), "--out", str(files / "m.pth")], capsys)
     assert not mine.exists() and other.exists()
+
+
+def test_16bit_images_are_scaled_in_infer_and_diagnose_and_corrupt_ones_are_one_line(tmp_path, capsys):
+    from fin3r.diagnose import load_images
+    from fin3r.infer import prepare_image
+
+    grey = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(grey).save(tmp_path / "imgs" / "deep.png")
+    mean = float(grey.mean()) / 65535
+    assert abs(float(prepare_image(tmp_path / "imgs" / "deep.png", 64, 16).img.mean()) - mean) < 0.02
+    assert abs(float(load_images(tmp_path / "imgs", 32, 48).mean()) - mean) < 0.02  # convert("RGB"): ~0.98
+    (tmp_path / "imgs" / "zz_broken.png").write_bytes(b"\x89PNG not really")
+    code, err = run_cli(["diagnose", "--model", "dust3r_tiny", "--images", str(tmp_path / "imgs"), "--size", "32x48",
+                         "--out", str(tmp_path / "d")], capsys)
+    assert one_line_error(code, err, "zz_broken.png", "cannot read")
