@@ -54,6 +54,14 @@ def test_train_config_values_are_validated_where_they_enter(override, needles, c
     assert one_line_error(code, err, *needles)
 
 
+@pytest.mark.parametrize("override,needles", [("finetune.steps=-3", ["finetune.steps=-3", ">= 1"]),
+                                              ("finetune.lr=nan", ["finetune.lr=nan", "finite"]),
+                                              ("world.height=0", ["world.height=0", ">= 8"])])
+def test_demo_config_values_are_validated_too(override, needles, capsys):
+    code, err = run_cli(["demo", override], capsys)
+    assert one_line_error(code, err, *needles)
+
+
 def test_yaml_syntax_errors_and_tabs_are_one_line(tmp_path, capsys):
     (tmp_path / "tabs.yaml").write_text("optim:\n\tlr: 1\n")
     (tmp_path / "syntax.yaml").write_text("optim: [1, 2\n")
@@ -106,6 +114,8 @@ def test_device_cuda_without_a_gpu_is_one_line(files, capsys):
     code, err = run_cli(["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--out", str(files / "o"),
                          "--device", "cuda"], capsys)
     assert one_line_error(code, err, "cuda", "no CUDA GPU")
+    code, err = run_cli(["train", "device=cuda", f"out_dir={files / 'run'}", "progress=false"], capsys)
+    assert one_line_error(code, err, "device='cuda'", "no CUDA GPU")
 
 
 def test_diagnose_batch_size_zero_and_eval_compare_on_a_list(files, capsys):

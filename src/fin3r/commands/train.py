@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(format_estimate(estimate_memory(config)))
         return 0
+    from fin3r.devices import check_device
     from fin3r.io import prepare_output_dir
 
+    check_device(config.device, "device", allow_auto=True)
     prepare_output_dir(config.out_dir, "out_dir")
     result = train(config, resume=args.resume)
     if result.adapter_path is not None:

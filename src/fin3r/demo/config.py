@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+from fin3r.config import bounded
 from fin3r.errors import CheckpointError
 from fin3r.models import load_model
 
@@ -21,18 +22,18 @@ class DemoWorldConfig:
     split) scenes, one pair each -- two views per scene for the monocular figures.
     """
 
-    height: int = 48
-    width: int = 64
-    seed: int = 1
+    height: int = bounded(48, ge=8)
+    width: int = bounded(64, ge=8)
+    seed: int = bounded(1, ge=0)
     kind: str | None = "indoor"
-    label_scenes: int = 256
-    label_views: int = 4
-    replay_scenes: int = 256
-    replay_views: int = 4
-    replay_pairs: int = 4096
-    self_frac: float = 0.0
-    eval_scenes: int = 256
-    pool: int = 0  # 0 = the base card's pool
+    label_scenes: int = bounded(256, ge=1)
+    label_views: int = bounded(4, ge=1)
+    replay_scenes: int = bounded(256, ge=1)
+    replay_views: int = bounded(4, ge=2)
+    replay_pairs: int = bounded(4096, ge=1)
+    self_frac: float = bounded(0.0, ge=0, le=1)
+    eval_scenes: int = bounded(256, ge=2)
+    pool: int = bounded(0, ge=0)  # 0 = the base card's pool
 
 
 @dataclass
@@ -44,20 +45,20 @@ class FinetuneConfig:
     distillation or without replay spend all their steps on the other source (equal steps).
     """
 
-    steps: int = 600
-    mono_fraction: float = 0.75
-    batch_size: int = 16
-    lr: float = 2e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 20
+    steps: int = bounded(600, ge=1)
+    mono_fraction: float = bounded(0.75, ge=0, le=1)
+    batch_size: int = bounded(16, ge=1)
+    lr: float = bounded(2e-3, gt=0)
+    min_lr_frac: float = bounded(0.1, ge=0, le=1)
+    warmup_steps: int = bounded(20, ge=0)
     targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
-    rank: int = 8
-    alpha: float = 8.0
+    rank: int = bounded(8, ge=1)
+    alpha: float = bounded(8.0, gt=0)
     mode: str | None = "weight_row"
-    distill_weight: float = 3.0
-    replay_weight: float = 1.0
+    distill_weight: float = bounded(3.0, ge=0)
+    replay_weight: float = bounded(1.0, ge=0)
     rho: str = "abs"
-    lam: float = 0.2
+    lam: float = bounded(0.2, ge=0)
 
 
 @dataclass
@@ -72,12 +73,12 @@ class DemoConfig:
     base: str = ""
     teacher: str = "oracle"
     out_dir: str = "runs/demo"
-    seed: int = 0
-    threads: int = 0
-    jobs: int = 0
+    seed: int = bounded(0, ge=0)
+    threads: int = bounded(0, ge=0)
+    jobs: int = bounded(0, ge=0)
     world: DemoWorldConfig = field(default_factory=DemoWorldConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    figure_views: int = 4
+    figure_views: int = bounded(4, ge=1)
     ablation: bool = False
     progress: bool = True
 
