@@ -13,9 +13,9 @@ member, a second image with the same key and the unreadable tail of a truncated 
 out and reported with the reason (:func:`scan_images`), never followed. Image sources are listed
 in sorted order, so shards (``index % n == i``) are reproducible.
 
-Pixels: 8-bit images of any PIL mode are converted to RGB; 16-bit (and 32-bit integer) greyscale
-is scaled to 8 bits (``value / 257``), not clipped; float and other modes are refused with the
-reason (:class:`BadImage`).
+Pixels (:func:`fin3r.media.to_rgb8`, the one decoder of fin3r): 8-bit images of any PIL mode are
+converted to RGB; 16-bit (and 32-bit integer) greyscale is scaled to 8 bits (``value / 257``), not
+clipped; float and other modes are refused with the reason (:class:`BadImage`).
 """
 
 from __future__ import annotations
