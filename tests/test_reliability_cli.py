@@ -87,10 +87,10 @@ def test_an_output_path_that_is_an_existing_file_is_one_line_for_every_command(f
     commands = {
         "label": ["label", "--teacher", "oracle", "--images", str(files / "imgs"), "--out", f],
         "train": ["train", f"out_dir={f}", "progress=false", "tensorboard=false"],
-        "infer": ["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--out", f],
+        "infer": ["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--random-weights", "--out", f],
         "export": ["export", "--adapter", str(files / "missing.safetensors"), "--out", f + "/x.pth"],
-        "eval": ["eval", "monodepth", "--model", "dust3r_tiny", "--root", str(files / "imgs"), "--out", f],
-        "diagnose": ["diagnose", "--model", "dust3r_tiny", "--images", str(files / "imgs"), "--out", f],
+        "eval": ["eval", "monodepth", "--model", "dust3r_tiny", "--random-weights", "--root", str(files / "imgs"), "--out", f],
+        "diagnose": ["diagnose", "--model", "dust3r_tiny", "--random-weights", "--images", str(files / "imgs"), "--out", f],
         "demo": ["demo", "--quick", "--out", f],
     }
     for name, argv in commands.items():
@@ -103,7 +103,7 @@ def test_an_output_path_that_is_an_existing_file_is_one_line_for_every_command(f
     ("--device", "tpu", "--device"),
 ])
 def test_infer_options_are_validated(files, capsys, option, value, needle):
-    code, err = run_cli(["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--out", str(files / "o"),
+    code, err = run_cli(["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--random-weights", "--out", str(files / "o"),
                          option, value], capsys)
     assert one_line_error(code, err, needle, value)
     assert not (files / "o").exists()
@@ -111,7 +111,7 @@ def test_infer_options_are_validated(files, capsys, option, value, needle):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_device_cuda_without_a_gpu_is_one_line(files, capsys):
-    code, err = run_cli(["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--out", str(files / "o"),
+    code, err = run_cli(["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--random-weights", "--out", str(files / "o"),
                          "--device", "cuda"], capsys)
     assert one_line_error(code, err, "cuda", "no CUDA GPU")
     code, err = run_cli(["train", "device=cuda", f"out_dir={files / 'run'}", "progress=false"], capsys)
@@ -119,7 +119,7 @@ def test_device_cuda_without_a_gpu_is_one_line(files, capsys):
 
 
 def test_diagnose_batch_size_zero_and_eval_compare_on_a_list(files, capsys):
-    code, err = run_cli(["diagnose", "--model", "dust3r_tiny", "--images", str(files / "imgs"), "--batch-size", "0",
+    code, err = run_cli(["diagnose", "--model", "dust3r_tiny", "--random-weights", "--images", str(files / "imgs"), "--batch-size", "0",
                          "--out", str(files / "d")], capsys)
     assert one_line_error(code, err, "--batch-size", "0")
     code, err = run_cli(["eval", "--compare", str(files / "list.json"), str(files / "list.json")], capsys)
@@ -200,7 +200,7 @@ def test_every_command_sweeps_the_temp_files_a_killed_run_left(files, capsys):
     live = out / f".y.png.{host}.{os.getpid()}.cd34{TEMP_SUFFIX}"
     for p in (dead, live, out / "keep.txt", files / f".z.{host}.999999999.ef56{TEMP_SUFFIX}"):
         p.write_text("x")
-    code, err = run_cli(["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--out", str(out),
+    code, err = run_cli(["infer", str(files / "img.png"), "--model", "dust3r_tiny", "--random-weights", "--out", str(out),
                          "--no-progress"], capsys)
     assert code == 0, err
     assert not dead.exists() and live.exists() and (out / "keep.txt").exists()
@@ -225,6 +225,6 @@ def test_16bit_images_are_scaled_in_infer_and_diagnose_and_corrupt_ones_are_one_
     assert abs(float(prepare_image(tmp_path / "imgs" / "deep.png", 64, 16).img.mean()) - mean) < 0.02
     assert abs(float(load_images(tmp_path / "imgs", 32, 48).mean()) - mean) < 0.02  # convert("RGB"): ~0.98
     (tmp_path / "imgs" / "zz_broken.png").write_bytes(b"\x89PNG not really")
-    code, err = run_cli(["diagnose", "--model", "dust3r_tiny", "--images", str(tmp_path / "imgs"), "--size", "32x48",
+    code, err = run_cli(["diagnose", "--model", "dust3r_tiny", "--random-weights", "--images", str(tmp_path / "imgs"), "--size", "32x48",
                          "--out", str(tmp_path / "d")], capsys)
     assert one_line_error(code, err, "zz_broken.png", "cannot read")
