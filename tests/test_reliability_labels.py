@@ -250,7 +250,7 @@ def test_training_counts_bad_samples_per_epoch_and_aborts_past_the_fraction(tmp_
     p = label_paths(out, "imgs/world_000001")["json"]
     p.write_text("[]")
     base = ["model.name=dust3r_tiny", "data.height=16", "data.width=16", "data.mono_per_epoch=8",
-            "data.batch_size=4", "data.replay=none", "data.heldout_images=0", "optim.epochs=2", "progress=false",
+            "data.batch_size=4", "data.replay=none", "data.allow_no_replay=true", "data.heldout_images=0", "optim.epochs=2", "progress=false",
             "tensorboard=false", "distill.min_valid=4", "data.mono=labels", f"data.images_root={imgs}",
             f"data.labels_root={out}"]
     cfg = load_config(TrainConfig, None, base + [f"out_dir={tmp_path / 'run'}", "data.max_bad_fraction=0.5"])
