@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "nonneg_int", "finite_float", "nonneg_float", "device_name", "check_device"]
+__all__ = ["positive_int", "nonneg_int", "finite_float", "nonneg_float", "device_name", "check_device",
+           "positive_float", "percentage", "add_model_arguments"]
 
 
 def _number(parse, what: str, minimum: float | None = None):
@@ -71,3 +72,22 @@ def percentage(text: str) -> float:
     if value > 100:
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a number in [0, 100]")
     return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
+                        adapter_help: str = "LoRA adapter applied to the encoder") -> None:
+    """The model-loading options every command that runs a model shares (``fin3r.models.load``'s inputs):
+    ``--model``, ``--checkpoint``, ``--random-weights``, ``--adapter``, ``--adapter-base``."""
+    parser.add_argument("--model", required=required,
+                        help="registry name (e.g. dust3r_512_dpt), official .pth, Hugging Face folder or fin3r "
+                             ".safetensors file")
+    parser.add_argument("--checkpoint", default=None, help="weights for a registry-name --model (any format)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="allow a registry name without --checkpoint: a randomly initialised model "
+                             "(smoke tests only)")
+    parser.add_argument("--adapter", default=None,
+                        help=f"{adapter_help}: .safetensors from `fin3r train`, a PEFT folder, or a released Fin3R "
+                             "*_lora.pth")
+    parser.add_argument("--adapter-base", default=None,
+                        help="the checkpoint a released adapter of another model was trained on (a VGGT adapter on "
+                             "π3: VGGT-1B); the two encoders are compared tensor by tensor, a difference is refused")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fin3r.commands.arguments import add_model_arguments
+
 HELP = "encoder feature-norm statistics, base vs adapted model"
 DESCRIPTION = """The paper's drift signal: mean norm of the encoder tokens the frozen decoder consumes,
 for the base and the adapted model, with a histogram PNG and a JSON.
@@ -20,16 +22,7 @@ example:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fin3r.commands.arguments import positive_int
 
-    parser.add_argument("--model", required=True, help="base model: registry name or model file")
-    parser.add_argument("--checkpoint", default=None, help="official weights for a registry-name --model")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="allow a registry name without --checkpoint: a randomly initialised model "
-                             "(smoke tests only)")
-    parser.add_argument("--adapter", default=None, help="adapter to compare against the base (fin3r .safetensors or a released "
-                             "Fin3R *_lora.pth)")
-    parser.add_argument("--adapter-base", default=None,
-                        help="the checkpoint a released adapter of another model was trained on (a VGGT adapter on "
-                             "π3: VGGT-1B); the two encoders are compared tensor by tensor, a difference is refused")
+    add_model_arguments(parser, adapter_help="adapter to compare against the base")
     parser.add_argument("--images", required=True, help="folder of images")
     parser.add_argument("--size", default=None, metavar="HxW",
                         help="resize+crop images to HxW (multiples of the patch size; default 224x224)")

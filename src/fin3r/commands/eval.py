@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fin3r.commands.arguments import add_model_arguments
+
 HELP = "evaluate a model (optionally with an adapter) on the paper's benchmarks"
 DESCRIPTION = """Evaluate a model, with or without a Fin3R adapter, following each benchmark's protocol
 (docs/evaluation.md):
@@ -43,15 +45,7 @@ TASKS = ("monodepth", "relpose", "mvdepth", "pointmap", "videodepth", "world")
 
 
 def _model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    p.add_argument("--model", required=model_required, help="registry name (e.g. dust3r_512_dpt), fin3r .safetensors, "
-                   "official .pth or HF folder")
-    p.add_argument("--checkpoint", default=None, help="weights for a registry name (official or fin3r format)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="allow a registry name without --checkpoint: a randomly initialised model (smoke tests only)")
-    p.add_argument("--adapter", default=None, help="Fin3R adapter (.safetensors from `fin3r train`, or a released "
-                   "*_lora.pth) applied to the encoder")
-    p.add_argument("--adapter-base", default=None, help="the checkpoint a released adapter of another model was "
-                   "trained on (a VGGT adapter on π3: VGGT-1B); the encoders are compared, a difference is refused")
+    add_model_arguments(p, required=model_required, adapter_help="Fin3R adapter applied to the encoder")
     p.add_argument("--root", required=True, help="data root holding the benchmark folders")
     p.add_argument("--out", default=None, help="output folder (default: eval_out/<model>[+<adapter>])")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fin3r.commands.arguments import add_model_arguments
+
 HELP = "predict depth, confidence and point clouds for images"
 DESCRIPTION = """Runs a reconstruction model (DUSt3R, MASt3R, CUT3R, VGGT; optionally with a Fin3R LoRA
 adapter) on an image or a folder of images and writes, per image:
@@ -51,18 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=positive_float, default=None,
                         help="video input: keep this many frames per second (default: every frame)")
     parser.add_argument("--max-frames", type=positive_int, default=None, help="video input: at most this many frames")
-    parser.add_argument("--model", required=True,
-                        help="registry name (e.g. dust3r_512_dpt), official .pth, Hugging Face folder or fin3r "
-                             ".safetensors file")
-    parser.add_argument("--checkpoint", default=None, help="weights for a registry-name --model (any format)")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="allow a registry name without --checkpoint: a randomly initialised model "
-                             "(smoke tests only)")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter to apply (.safetensors from `fin3r train`, or a released "
-                             "Fin3R *_lora.pth)")
-    parser.add_argument("--adapter-base", default=None,
-                        help="the checkpoint a released adapter of another model was trained on (a VGGT adapter on "
-                             "π3: VGGT-1B); the two encoders are compared tensor by tensor, a difference is refused")
+    add_model_arguments(parser)
     parser.add_argument("--out", default="infer_out", help="output folder (default: %(default)s)")
     parser.add_argument("--size", type=positive_int, default=None, help="long side in pixels (default: the model's)")
     parser.add_argument("--views", action="store_true", help="predict all images as one multi-view set")
